@@ -161,7 +161,7 @@ def test_unknown_model_offline_names_the_fix(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelNotFoundError, match="huggingface-cli download"):
         load_model("nobody/does-not-exist")
-    with pytest.raises(ModelNotFoundError, match="model_index.json"):
+    with pytest.raises(ModelNotFoundError, match=r"model_index\.json"):
         load_model(str(tmp_path))
     with pytest.raises(ModelNotFoundError, match="unknown toy"):
         load_model("toy-nothing")

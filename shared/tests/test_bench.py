@@ -6,10 +6,11 @@ import csv
 import io
 import json
 
-import flowcore.bench as bench
 import pytest
 import torch
 import torch.nn.functional as F
+
+import flowcore.bench as bench
 from flowcore.bench import compare, count_flops, device_info
 
 

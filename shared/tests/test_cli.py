@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from flowcore.cli import (
     ModelRef,
     add_common_args,

@@ -8,6 +8,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
+from scipy import ndimage
+
 from flowcore.images import (
     PadInfo,
     check_image,
@@ -20,8 +23,6 @@ from flowcore.images import (
     to_pil,
     to_tensor,
 )
-from PIL import Image
-from scipy import ndimage
 
 
 def _rand(*shape: int, seed: int = 0) -> torch.Tensor:

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from flowcore.images import to_tensor
 from flowcore.io import atomic_write, package_versions, save_result, to_jsonable, write_json
 

@@ -7,8 +7,9 @@ import math
 import numpy as np
 import pytest
 import torch
-from flowcore.metrics import bootstrap_ci, masked_mse, masked_psnr, psnr, spearman, ssim
 from scipy import ndimage, stats
+
+from flowcore.metrics import bootstrap_ci, masked_mse, masked_psnr, psnr, spearman, ssim
 
 
 def _rand(*shape: int, seed: int = 0, dtype=torch.float32) -> torch.Tensor:

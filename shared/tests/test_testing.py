@@ -10,6 +10,8 @@ import socket
 
 import pytest
 import torch
+from PIL import Image
+
 from flowcore.testing import (
     PIPELINE_KINDS,
     CallCounter,
@@ -26,7 +28,6 @@ from flowcore.testing import (
     tiny_unet,
     tiny_vae,
 )
-from PIL import Image
 
 pytest.importorskip("transformers")
 
