@@ -96,10 +96,14 @@ class SD3Model(FlowModel):
         f = self.vae_scale_factor * self.patch_size
         return TokenLayout.from_sd3((height // f, width // f), 333 if n_text is None else n_text)
 
-    def _control_image(self, image: Tensor) -> Tensor:
-        """SD3 ControlNets take VAE latents of the control image (the pipeline's ``prepare_image`` + encode)."""
+    def _control_image(self, image: Tensor, net: Any) -> Tensor:
+        """SD3 ControlNets take VAE latents of the control image (the pipeline's ``prepare_image`` + encode; the
+        posterior mean here, where the pipeline samples). InstantX-style nets (``force_zeros_for_pooled_projection``)
+        were trained without the VAE shift, as the stock pipeline knows."""
         x = (2.0 * image - 1.0).to(self.device, self.vae.dtype)
         scale, shift = self._vae_factors()
+        if getattr(net.config, "force_zeros_for_pooled_projection", False):
+            shift = 0.0
         return ((self.vae.encode(x).latent_dist.mode() - shift) * scale).to(self.dtype)
 
     def _predict(self, latents: Tensor, t: Any, cond: Conditioning, *, guidance: Any = None,
@@ -133,7 +137,7 @@ class SD3Model(FlowModel):
             image = control.image
             if image is None:
                 raise ValueError("ControlInput.image is required to run the ControlNet")
-            cimg = self._control_image(image)
+            cimg = self._control_image(image, net)
             cimg = cimg.expand(x.shape[0], *cimg.shape[1:]) if cimg.shape[0] == 1 else cimg
             pooled = ccond.pooled
             if getattr(net.config, "force_zeros_for_pooled_projection", False):
