@@ -133,3 +133,16 @@ def test_package_versions():
     assert set(versions) == {"flowcore", "torch", "diffusers"}
     assert versions["torch"] == torch.__version__
     assert package_versions("no-such-package-xyz") == {"no-such-package-xyz": None}
+
+
+def test_atomic_write_gives_the_default_file_mode(tmp_path):
+    import os
+
+    from flowcore.io import atomic_write
+
+    umask = os.umask(0o022)
+    try:
+        path = atomic_write(tmp_path / "x.txt", "hi")
+    finally:
+        os.umask(umask)
+    assert (path.stat().st_mode & 0o777) == 0o644

@@ -43,6 +43,13 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def _default_mode(path: Path) -> None:
+    """Give a temporary file the mode a plain ``open()`` would (mkstemp creates it 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 def atomic_write(path: str | os.PathLike, data: bytes | str | Callable[[Path], None]) -> Path:
     """Write ``data`` to ``path`` atomically and return the path.
 
@@ -70,6 +77,7 @@ def atomic_write(path: str | os.PathLike, data: bytes | str | Callable[[Path], N
                 handle.write(payload)
                 handle.flush()
                 os.fsync(handle.fileno())
+        _default_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         if fd >= 0:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -203,16 +202,9 @@ class ToyTokenizer:
             "vocab": list(VOCAB),
             "vocab_size": VOCAB_SIZE,
         }
-        path = directory / CONFIG_NAME
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{CONFIG_NAME}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as handle:
-                json.dump(payload, handle, indent=2)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        from flowcore.io import atomic_write
+
+        return atomic_write(directory / CONFIG_NAME, json.dumps(payload, indent=2))
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike[str], subfolder: str | None = None, **overrides: Any) -> ToyTokenizer:
