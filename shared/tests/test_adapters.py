@@ -174,3 +174,18 @@ def test_conditioning_rows_cat_and_bind():
     assert c[torch.tensor([True, False, True])].prompts == ("a", "c")
     bound = model.bind(attention_kwargs=None)
     assert bound.denoiser is model.denoiser and bound is not model
+
+
+def test_guided_cfg_doubles_per_row_reference_tokens():
+    model = adapter_from_pipe(tiny_pipeline("flux-kontext"))
+    cond = Conditioning.cat([model.encode_prompt([PROMPT])] * 2)
+    uncond = Conditioning.cat([model.encode_prompt([""])] * 2)
+    x = torch.randn(2, 16, 16, generator=torch.Generator().manual_seed(0))
+    ref = torch.randn(2, 16, 16, generator=torch.Generator().manual_seed(1))
+    sched = model.schedule(2, height=SIZE, width=SIZE)
+    pred = guided(model, cond, uncond=uncond, scale=2.0, guidance=3.5, reference=ref, schedule=sched)
+    with torch.no_grad():
+        out = pred(x, 0)
+        one = guided(model, cond[1], uncond=uncond[1], scale=2.0, guidance=3.5, reference=ref[1:],
+                     schedule=sched)(x[1:], 0)
+    assert torch.allclose(out[1:], one, atol=1e-5)

@@ -127,6 +127,8 @@ def guided(
             kwargs["image_embeds"] = _double_rows(emb, n, neg)
         if "control" in kwargs:
             kwargs["control"] = _double_control(kwargs["control"], n)
+        if isinstance(kwargs.get("reference"), Tensor):  # per-row reference tokens serve both CFG rows
+            kwargs["reference"] = _double_rows(kwargs["reference"], n)
         g = _double_rows(guidance, n) if isinstance(guidance, Tensor) else guidance
         out = model.predict(torch.cat([x, x]), t, both, guidance=g, **kwargs)
         out_u, out_c = out.chunk(2)

@@ -1,0 +1,87 @@
+"""Token layouts the linearized models hand to their processors (spec §4.2 "Token layout").
+
+SD3 and FLUX layouts come from flowcore's ``TokenLayout.from_sd3`` / ``TokenLayout.from_flux_ids``; this module only
+adds the FLUX fallback the spec asks for: an image segment whose ids do not form a full row-major grid keeps its
+rows but loses its grid (so the locality conv is skipped for it), with one warning.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import Tensor
+
+from flowcore.layout import TokenLayout, TokenSegment
+
+__all__ = ["flux_layout", "sd3_layout"]
+
+_WARNED: set[tuple] = set()
+
+
+def sd3_layout(hidden_states: Tensor, n_text: int, patch_size: int) -> TokenLayout:
+    """``[image (h·w), text]`` with (h, w) = latent (H, W) / patch, from ``hidden_states`` (B, C, H, W)."""
+    height, width = hidden_states.shape[-2:]
+    if height % patch_size or width % patch_size:
+        raise ValueError(f"latent size {height}x{width} is not a multiple of the patch size {patch_size}")
+    return TokenLayout.from_sd3((height // patch_size, width // patch_size), n_text)
+
+
+def flux_layout(txt_ids: Tensor, img_ids: Tensor) -> TokenLayout:
+    """``[text, target(, reference)]`` from FLUX position ids; non-grid image segments get ``grid=None``."""
+    txt = txt_ids[0] if txt_ids.ndim == 3 else txt_ids
+    img = img_ids[0] if img_ids.ndim == 3 else img_ids
+    try:
+        layout = TokenLayout.from_flux_ids(txt, img)
+    except ValueError:
+        layout = None
+    if layout is not None and all(_row_major(img, s, len(txt)) for s in layout.segments if s.grid is not None):
+        return layout
+    return _layout_without_bad_grids(txt, img)
+
+
+def _row_major(img: Tensor, seg: TokenSegment, n_text: int) -> bool:
+    """True when the segment's ids run row-major over its (h, w) grid (row = r0 + i // w, col = c0 + i % w)."""
+    ids = img[seg.start - n_text : seg.stop - n_text]
+    _, w = seg.grid  # type: ignore[misc]
+    index = torch.arange(seg.length, device=ids.device)
+    rows = ids[:, 1] - ids[0, 1]
+    cols = ids[:, 2] - ids[0, 2]
+    return bool(torch.equal(rows.long(), index // w) and torch.equal(cols.long(), index % w)) and \
+        bool((rows == rows.round()).all() and (cols == cols.round()).all())
+
+
+def _layout_without_bad_grids(txt: Tensor, img: Tensor) -> TokenLayout:
+    n_text = int(txt.shape[0])
+    segments = [TokenSegment("text", 0, n_text)] if n_text else []
+    flags = img[:, 0]
+    start, pos = 0, n_text
+    while start < flags.shape[0]:
+        stop = start
+        while stop < flags.shape[0] and flags[stop] == flags[start]:
+            stop += 1
+        role = "target" if len(segments) == (1 if n_text else 0) else "reference"
+        length = stop - start
+        rows, cols = img[start:stop, 1], img[start:stop, 2]
+        grid = (int(rows.max() - rows.min()) + 1, int(cols.max() - cols.min()) + 1)
+        candidate = TokenSegment(role, pos, length, grid if grid[0] * grid[1] == length else None)
+        if candidate.grid is None or not _row_major(img, candidate, n_text):
+            _warn_once(role, length, grid)
+            candidate = TokenSegment(role, pos, length, None)
+        segments.append(candidate)
+        pos += length
+        start = stop
+    return TokenLayout(tuple(segments))
+
+
+def _warn_once(role: str, length: int, grid: tuple[int, int]) -> None:
+    key = (role, length, grid)
+    if key in _WARNED:
+        return
+    _WARNED.add(key)
+    warnings.warn(
+        f"the {role} image segment ({length} tokens, ids spanning {grid[0]}x{grid[1]}) is not a full row-major "
+        "grid; the TTT locality conv is disabled for it (its rows are treated like text rows)",
+        RuntimeWarning,
+        stacklevel=3,
+    )
