@@ -189,3 +189,16 @@ def test_guided_cfg_doubles_per_row_reference_tokens():
         one = guided(model, cond[1], uncond=uncond[1], scale=2.0, guidance=3.5, reference=ref[1:],
                      schedule=sched)(x[1:], 0)
     assert torch.allclose(out[1:], one, atol=1e-5)
+
+
+def test_token_positions_on_a_toy_and_a_clip_tokenizer():
+    from flowcore.toy import build
+
+    toy = build("toy-sd3", preset="ci").adapter()
+    # [BOS] a large red circle ... : "red" is word 3 -> position 3, "circle" -> 4
+    assert toy.token_positions("a large red circle on a blue background", ["red", "circle"]) == [3, 4]
+    with pytest.raises(ValueError, match="not found"):
+        toy.token_positions("a red circle", ["square"])
+    unet = adapter_from_pipe(tiny_pipeline("sd15"))
+    pos = unet.token_positions("a red square", ["square"])
+    assert len(pos) >= 1 and all(p > 0 for p in pos)

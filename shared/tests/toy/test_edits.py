@@ -7,6 +7,7 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
+
 from flowcore.toy.constants import EDIT_KINDS
 from flowcore.toy.edits import (
     IDENTITY_KIND,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from flowcore.toy.constants import COLORS, GARMENT_KINDS, GARMENT_PATTERNS, PALETTE, SHOES, SKIN, TROUSERS
 from flowcore.toy.garment_judge import COLOR_MAP_DEFAULT, color_map, read_garment, read_mannequin
 from flowcore.toy.tryon import Design, Garment, Mannequin, render_mannequins, sample_mannequin

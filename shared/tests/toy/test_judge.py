@@ -8,12 +8,13 @@ import math
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
+
 from flowcore.toy.constants import COLORS, EDIT_KINDS, POSITIONS, SHAPES, SIZE_NAMES
 from flowcore.toy.edits import sample_edit
 from flowcore.toy.judge import alignment, edit_success, read_scene, rerender_psnr
 from flowcore.toy.render import render
 from flowcore.toy.scene import Background, Obj, ObjSpec, Scene, SceneSpec, sample_scene
-from scipy import ndimage
 
 
 def _gate(n: int, degrade: bool) -> tuple[float, float]:

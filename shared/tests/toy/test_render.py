@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
+
 from flowcore.toy.constants import PALETTE, SHAPE_AREA_FRACTION, SHAPES, SIZE_NAMES, SIZES
 from flowcore.toy.render import SHAPE_INSIDE, edge_map, object_coverage, rect_inside, render, subpixel_centers
 from flowcore.toy.scene import Background, Obj, Scene, sample_scene
-from scipy import ndimage
 
 GOLDEN_SCENES = [
     Scene((Obj("circle", "red", "large", "top left", (0, 0)),), Background("green")),

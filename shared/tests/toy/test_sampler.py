@@ -8,6 +8,7 @@ from collections import Counter
 
 import pytest
 import torch
+
 from flowcore.toy.constants import COLORS, PALETTE, POSITIONS, SHAPES, SIZE_NAMES
 from flowcore.toy.render import render
 from flowcore.toy.scene import (

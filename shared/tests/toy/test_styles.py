@@ -5,12 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
+
 from flowcore.metrics import spearman
 from flowcore.toy.constants import STYLE_FILTERS, WATERCOLOR_COMPONENTS
 from flowcore.toy.render import edge_map, render
 from flowcore.toy.scene import sample_scene
 from flowcore.toy.styles import _noise_field, _splats, apply_style, edge_set, measure_style
-from scipy import ndimage
 
 LAMS = np.round(np.arange(14) * 0.1, 1)  # λ ∈ {0, 0.1, …, 1.3}
 

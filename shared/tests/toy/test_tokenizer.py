@@ -6,6 +6,7 @@ import warnings
 
 import pytest
 import torch
+
 from flowcore.toy.constants import BOS_ID, EOS_ID, PAD_ID, UNK_ID, VOCAB
 from flowcore.toy.tokenizer import ToyTokenizer, ToyVocabularyError
 

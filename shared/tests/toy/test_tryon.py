@@ -8,6 +8,8 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
+
 from flowcore.toy.constants import (
     COLORS,
     GARMENT_KINDS,
@@ -33,7 +35,6 @@ from flowcore.toy.tryon import (
     sample_mannequin,
     tryon_target,
 )
-from scipy import ndimage
 
 N_SAMPLES = 300
 

@@ -24,8 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from directedit import baselines
-from directedit import _toy
+from directedit import _toy, baselines
 from directedit._toy import toy
 from directedit.cache import InversionCache
 from directedit.config import DirectEditConfig, ValueInjection, arch_of

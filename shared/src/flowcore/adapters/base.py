@@ -439,17 +439,24 @@ class FlowModel:
         return cfg(uncond, cond, scale)
 
 
-def _find_word_tokens(tokenizer: Any, prompt: str, words: Sequence[str], offset: int = 0) -> list[int]:
-    """Token positions of ``words`` inside the tokenisation of ``prompt`` (first match of each word's tokens)."""
-    ids = list(tokenizer(prompt)["input_ids"])
+def _token_ids(encoding: Any) -> list[int]:
+    """The first row of a tokenizer's ``input_ids`` as a list (tensors, nested lists and flat lists)."""
+    ids = encoding["input_ids"]
+    if hasattr(ids, "tolist"):
+        ids = ids.tolist()
     if ids and isinstance(ids[0], list):
         ids = ids[0]
+    return [int(i) for i in ids]
+
+
+def _find_word_tokens(tokenizer: Any, prompt: str, words: Sequence[str], offset: int = 0) -> list[int]:
+    """Token positions of ``words`` inside the tokenisation of ``prompt`` (first match of each word's tokens)."""
+    special = set(getattr(tokenizer, "all_special_ids", None) or (0, 1, 2, 3))
+    ids = _token_ids(tokenizer(prompt))
     positions: list[int] = []
     for word in words:
-        sub = list(tokenizer(word, add_special_tokens=False)["input_ids"]) if _hf(tokenizer) else \
-            list(tokenizer(word)["input_ids"])[1:-1]
-        if sub and isinstance(sub[0], list):
-            sub = sub[0]
+        enc = tokenizer(word, add_special_tokens=False) if _hf(tokenizer) else tokenizer(word)
+        sub = [i for i in _token_ids(enc) if i not in special]
         found = [i for i in range(len(ids) - len(sub) + 1) if sub and ids[i:i + len(sub)] == sub]
         if not found:
             raise ValueError(f"word {word!r} not found in the tokenised prompt {prompt!r}")
