@@ -199,3 +199,25 @@ def test_foreign_processors_are_wrapped_to_accept_ctx():
         with install(unet, {"unet_cross": AttnProcessor2_0()}):
             out = unet(**kw, cross_attention_kwargs={"flowcore_ctx": CallContext()}).sample
     assert torch.equal(out, ref)
+
+
+@torch.no_grad()
+def test_stacked_install_composes_on_qkv_and_keeps_the_operator():
+    model, kw = tiny_sd3(), sd3_inputs()
+
+    class Mean(SiteProcessor):  # a stand-in for another method's operator (e.g. a TTT layer)
+        def attend(self, q, k, v, ctx):
+            return v.mean(dim=1, keepdim=True).expand_as(v).flatten(2)
+
+    ctx = {"joint_attention_kwargs": {"flowcore_ctx": CallContext(step=0)}}
+    with install(model, {"sd3_joint": Mean()}):
+        base = model(**kw, **ctx).sample
+        edit = RowValueEdit(dst=1, src=0)
+        with install(model, {"sd3_joint": edit}, stack=True) as handle:
+            assert all(p is edit for p in handle.processors.values())
+            assert all(isinstance(p, Mean) for n, p in model.attn_processors.items() if "attn2" not in n)
+            stacked = model(**kw, **ctx).sample
+        assert edit.seen  # the stacked on_qkv ran ...
+        after = model(**kw, **ctx).sample
+    assert torch.equal(stacked[0], base[0]) and not torch.equal(stacked[1], base[1])  # ... on row 1 only
+    assert torch.equal(after, base)  # and is gone after remove()

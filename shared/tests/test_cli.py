@@ -116,6 +116,7 @@ def test_emit_json_to_path(tmp_path, capsys):
 
 
 def test_progress_disabled_off_tty_and_by_env(monkeypatch):
+    monkeypatch.delenv("FLOWCORE_NO_PROGRESS", raising=False)  # other test folders' conftests set it
     bar = progress(range(3))  # pytest captures stderr: not a terminal
     assert bar.disable and list(bar) == [0, 1, 2]
 

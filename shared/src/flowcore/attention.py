@@ -31,6 +31,7 @@ import copy
 import fnmatch
 import functools
 import inspect
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -250,6 +251,13 @@ class SiteProcessor(nn.Module):
         return self._call_unet(attn, site, hidden_states, encoder_hidden_states, attention_mask, temb,
                                ip_adapter_masks, flowcore_ctx)
 
+    def _qkv(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttnContext) -> tuple[Tensor, Tensor, Tensor]:
+        """This processor's :meth:`on_qkv`, then those of processors stacked on the site (``install(stack=True)``)."""
+        q, k, v = self.on_qkv(q, k, v, ctx)
+        for stacked in getattr(ctx.module, "_flowcore_stack", ()):
+            q, k, v = stacked.on_qkv(q, k, v, ctx)
+        return q, k, v
+
     def _ctx(self, attn: nn.Module, site: SiteInfo, call: CallContext | None, layout: TokenLayout | None,
              rope: Any, bias: Tensor | None) -> AttnContext:
         return AttnContext(site=site, call=call, layout=layout, rope=rope, attn_bias=bias, module=attn)
@@ -281,7 +289,7 @@ class SiteProcessor(nn.Module):
                                  torch.cat([value, ev], dim=2))
         layout = _sd3_layout(call, n_img, n_txt, site)
         ctx = self._ctx(attn, site, call, layout, None, None)
-        q, k, v = self.on_qkv(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), ctx)
+        q, k, v = self._qkv(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), ctx)
         out = self.attend(q, k, v, ctx)
         if encoder_hidden_states is not None:
             out, txt = out[:, :n_img], out[:, n_img:]
@@ -310,7 +318,7 @@ class SiteProcessor(nn.Module):
         if layout is not None and layout.total != query.shape[1]:
             layout = None
         ctx = self._ctx(attn, site, call, layout, rope, attention_mask)
-        q, k, v = self.on_qkv(query, key, value, ctx)
+        q, k, v = self._qkv(query, key, value, ctx)
         out = self.attend(q, k, v, ctx)
         if encoder_hidden_states is not None:
             txt, out = out.split_with_sizes([n_txt, out.shape[1] - n_txt], dim=1)
@@ -350,7 +358,7 @@ class SiteProcessor(nn.Module):
         if layout is None or layout.total != query.shape[1]:
             layout = TokenLayout.from_qwen([(1, 1, hidden_states.shape[1])], n_txt)
         ctx = self._ctx(attn, site, call, layout, rope, attention_mask)
-        q, k, v = self.on_qkv(query, key, value, ctx)
+        q, k, v = self._qkv(query, key, value, ctx)
         out = self.attend(q, k, v, ctx)
         txt, img = out[:, :n_txt, :], out[:, n_txt:, :]
         img = attn.to_out[0](img.contiguous())
@@ -397,7 +405,7 @@ class SiteProcessor(nn.Module):
                 key = attn.norm_k(key)
         layout = TokenLayout.image(_unet_grid(call, query.shape[2]))
         ctx = self._ctx(attn, site, call, layout, None, attention_mask)
-        q, k, v = self.on_qkv(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), ctx)
+        q, k, v = self._qkv(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), ctx)
         out = self.attend(q, k, v, ctx)
         if ip_states is not None:
             out = self._add_ip(attn, ip, q.transpose(1, 2), out, ip_states, head_dim)
@@ -499,16 +507,19 @@ class SiteHandle:
     """Restores the processors that were in place before :func:`install` (context manager or ``.remove()``)."""
 
     def __init__(self, model: nn.Module, previous: dict[str, Any], sites: dict[str, SiteInfo],
-                 processors: dict[str, Any]):
+                 processors: dict[str, Any], stacked: list[tuple[nn.Module, Any]] | None = None):
         self.model = model
         self.previous = previous
         self.sites = sites
         self.processors = processors
+        self.stacked = stacked or []
         self._active = True
 
     def remove(self) -> None:
         if not self._active:
             return
+        for module, proc in self.stacked:
+            module._flowcore_stack.remove(proc)
         self.model.set_attn_processor(dict(self.previous))
         stack = getattr(self.model, "_flowcore_handles", [])
         if self in stack:
@@ -530,6 +541,8 @@ def installed(model: nn.Module) -> bool:
 def install(
     model: nn.Module,
     processors: Mapping[str, SiteProcessor | nn.Module | Callable[[SiteInfo], Any]],
+    *,
+    stack: bool = False,
 ) -> SiteHandle:
     """Put processors on the sites of ``model`` and return a handle that restores the previous ones.
 
@@ -538,6 +551,10 @@ def install(
         processors: keys are site names, globs over names (``"single_transformer_blocks.*"``; the ``.processor``
             suffix may be left out) or site kinds (``"sd3_joint"``); values are processor instances (shared by
             every matched site) or factories ``SiteInfo -> processor`` (one per site). Later keys win.
+        stack: where a site already runs a flowcore :class:`SiteProcessor` (e.g. a t5-linearize TTT layer), keep it
+            and run the new processor's :meth:`~SiteProcessor.on_qkv` after its own (methods compose: directedit's
+            Value injection on a linearized model); the new processor's ``attend`` is then not used (a warning says
+            so when it overrides it). Elsewhere the new processor is installed as usual.
     Raises:
         KeyError: a key matches no site (the message lists the available kinds and a few names).
     """
@@ -553,18 +570,31 @@ def install(
         for name in names:
             chosen[name] = proc(sites[name]) if _is_factory(proc) else proc
     new: dict[str, Any] = {}
+    stacked: list[tuple[nn.Module, Any]] = []
     for name, info in sites.items():
         module = model.get_submodule(info.block)
         object.__setattr__(module, "_flowcore_site", info)
         current = previous[name]
         proc = chosen.get(name, current)
+        if stack and name in chosen and isinstance(current, SiteProcessor) and isinstance(proc, SiteProcessor):
+            if type(proc).attend is not SiteProcessor.attend:
+                warnings.warn(f"{type(proc).__name__}.attend is not used at {name}: the site keeps "
+                              f"{type(current).__name__}'s operator (install(stack=True))", stacklevel=2)
+            if not hasattr(module, "_flowcore_stack"):
+                object.__setattr__(module, "_flowcore_stack", [])
+            module._flowcore_stack.append(proc)
+            stacked.append((module, proc))
+            new[name] = current
+            continue
         if isinstance(proc, SiteProcessor):
             proc = _adopt_ip(proc, current)
         elif not _accepts_ctx(proc):
             proc = _ignore_ctx(proc)
         new[name] = proc
     model.set_attn_processor(dict(new))  # diffusers pops from the dict it is given
-    handle = SiteHandle(model, previous, sites, {n: new[n] for n in chosen})
+    on_stack = {id(proc) for _, proc in stacked}
+    placed = {n: (chosen[n] if id(chosen[n]) in on_stack and new[n] is previous[n] else new[n]) for n in chosen}
+    handle = SiteHandle(model, previous, sites, placed, stacked)
     if not hasattr(model, "_flowcore_handles"):
         object.__setattr__(model, "_flowcore_handles", [])
     model._flowcore_handles.append(handle)

@@ -159,7 +159,7 @@ def test_time_budget_stops_and_checkpoints(tmp_path):
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
-    from flowcore.toy import train as train_module
+    from flowcore.toy import trainer as train_module
 
     original = train_module.FlowObjective.loss
     calls = []

@@ -161,7 +161,7 @@ def install_processors(model: Any, inject: Iterable[str] = (), probe: Iterable[s
     if not names:
         return _NoHandle()
     processor = DirectEditProcessor(inject, probe)
-    return install(model.denoiser, {name: processor for name in names})
+    return install(model.denoiser, {name: processor for name in names}, stack=True)
 
 
 class _NoHandle:

@@ -585,7 +585,7 @@ def apply_specedit(module_or_pipe: Any, config: SpecEditConfig | None = None, *,
 
         processor = SpecEditProcessor()
         kinds = ("qwen_joint",) if family.name == "qwen_image_edit" else ("flux_double", "flux_single")
-        handle = install(transformer, {kind: processor for kind in kinds})
+        handle = install(transformer, {kind: processor for kind in kinds}, stack=True)
     if family.name == "qwen_image_edit" and type(getattr(transformer, "pos_embed", None)).__name__ == "QwenEmbedRope":
         from specedit.rope_qwen import install_float_rope
 
