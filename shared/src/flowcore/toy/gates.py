@@ -11,6 +11,7 @@ a miss is reported, never lowered.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -464,6 +465,28 @@ def evaluate(name: str, n: int | None = None, *, scale: float | None = None, dev
     return [r.to_dict() for r in rows]
 
 
+def record(name: str, rows: Sequence[dict]) -> None:
+    """Merge gate rows into the weights manifest: a model's rows into its weights entry (toy-flux's into
+    toy-kontext's, whose weights it uses), the world's and the weights' rows at the top level. Rows replace earlier
+    rows with the same (id, setting, metric)."""
+    from flowcore.io import write_json
+    from flowcore.toy.bundle import MANIFEST_NAME, WEIGHTS_FOLDER, weights_root
+
+    path = weights_root() / MANIFEST_NAME
+    data = json.loads(path.read_text())
+    if name in WEIGHTS_FOLDER:
+        entry = data["models"].get(WEIGHTS_FOLDER[name])
+        if entry is None:
+            raise ValueError(f"the manifest has no entry for {WEIGHTS_FOLDER[name]}; export its weights first")
+    else:
+        entry = data.setdefault("world_gates" if name == "world" else "weights_gates", {})
+    key = lambda r: (r["id"], r["setting"], r["metric"])  # noqa: E731
+    merged = {key(r): r for r in (entry.get("gates") or [])}
+    merged.update({key(r): dict(r) for r in rows})
+    entry["gates"] = list(merged.values())
+    write_json(path, data)
+
+
 def _format(rows: Sequence[dict]) -> str:
     lines = [f"{'id':4} {'model':12} {'setting':40} {'n':>5} {'metric':32} {'value':>9} {'threshold':>10} result"]
     for r in rows:
@@ -487,6 +510,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="multiply every gate's sample count (1.0 = the spec's counts; only 1.0 counts as a pass)")
     parser.add_argument("--device", default="cpu", help="device for sampling (gates are defined on CPU, fp32)")
     parser.add_argument("--teacher", default=None, help="toy-kontext phase-A transformer folder, for gate K4")
+    parser.add_argument("--record", action="store_true",
+                        help="write the measured rows into weights/MANIFEST.json (the model's entry; world and "
+                             "weights gates at the top level)")
     parser.add_argument("--json", nargs="?", const="-", default=None, metavar="PATH",
                         help="machine-readable rows: on stdout without PATH, atomically to PATH with one")
     args = parser.parse_args(argv)
@@ -496,7 +522,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows: list[dict] = []
     for name in names:
         print(f"# gates of {name} ...", file=sys.stderr, flush=True)
-        rows += evaluate(name, scale=args.n_scale, device=args.device, teacher=args.teacher)
+        measured = evaluate(name, scale=args.n_scale, device=args.device, teacher=args.teacher)
+        if args.record:
+            record(name, measured)
+        rows += measured
     human = _format(rows)
     if args.json == "-":
         import json
