@@ -11,6 +11,9 @@ import pytest
 import torch
 
 from flowcore.cli import (
+    EXIT_MISSING_WEIGHTS,
+    EXIT_OK,
+    EXIT_USER_ERROR,
     ModelRef,
     add_common_args,
     emit,
@@ -18,7 +21,9 @@ from flowcore.cli import (
     resolve_device,
     resolve_dtype,
     resolve_model,
+    run_cli,
 )
+from flowcore.toy import ToyWeightsMissing
 
 
 def _parser(**kw) -> argparse.ArgumentParser:
@@ -128,3 +133,81 @@ def test_progress_disabled_off_tty_and_by_env(monkeypatch):
     assert not progress(range(2)).disable
     monkeypatch.setenv("FLOWCORE_NO_PROGRESS", "1")
     assert progress(range(2)).disable
+
+
+# ------------------------------------------------------------------------------------------------ run_cli
+class _AssetGone(Exception):
+    pass
+
+
+def _cli_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pkg")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in ("ok", "bad", "nofile", "key", "toy", "asset", "bug"):
+        add_common_args(sub.add_parser(name), default_model=None)
+    return parser
+
+
+def _raiser(err: BaseException):
+    def command(args):
+        raise err
+
+    return command
+
+
+_COMMANDS = {
+    "ok": lambda args: {"answer": 42},
+    "bad": _raiser(ValueError("height must be a multiple of 16")),
+    "nofile": _raiser(FileNotFoundError("image file not found: x.png")),
+    "key": _raiser(KeyError("unknown attribute 'grain'")),
+    "toy": _raiser(ToyWeightsMissing("no shipped weights for 'toy-sd3'")),
+    "asset": _raiser(_AssetGone("the ControlNet asset is not committed")),
+    "bug": _raiser(ZeroDivisionError("a bug")),
+}
+
+
+def _run(argv, **kw):
+    return run_cli("pkg", _cli_parser(), _COMMANDS, argv, **kw)
+
+
+def test_run_cli_success_emits_the_summary(capsys):
+    assert _run(["ok"]) == EXIT_OK == 0
+    assert "answer" in capsys.readouterr().out
+    assert _run(["ok", "--json"]) == EXIT_OK
+    assert json.loads(capsys.readouterr().out) == {"answer": 42}
+    seen = []
+    assert _run(["ok"], report=lambda args, summary: seen.append((args.command, summary))) == EXIT_OK
+    assert seen == [("ok", {"answer": 42})] and capsys.readouterr().out == ""
+
+
+@pytest.mark.parametrize("command, message", [
+    ("bad", "pkg bad: error: height must be a multiple of 16"),
+    ("nofile", "pkg nofile: error: image file not found: x.png"),
+    ("key", "pkg key: error: unknown attribute 'grain'"),  # the message, not KeyError's quoted repr
+])
+def test_run_cli_user_errors_exit_1_with_one_line(command, message, capsys):
+    assert _run([command], user_errors=(ValueError, FileNotFoundError, KeyError)) == EXIT_USER_ERROR == 1
+    out, err = capsys.readouterr()
+    assert err == message + "\n" and out == ""
+
+
+def test_run_cli_missing_weights_exit_2(capsys):
+    assert _run(["toy"]) == EXIT_MISSING_WEIGHTS == 2  # a FileNotFoundError, yet not reported as bad input
+    assert capsys.readouterr().err == "pkg toy: missing weights: no shipped weights for 'toy-sd3'\n"
+    code = _run(["asset"], extra_missing=(_AssetGone,), missing_label="the trained weights are missing",
+                missing_hint="use --random-init for a plumbing check")
+    assert code == EXIT_MISSING_WEIGHTS
+    assert capsys.readouterr().err == ("pkg asset: the trained weights are missing: the ControlNet asset is not "
+                                       "committed\n  (use --random-init for a plumbing check)\n")
+
+
+def test_run_cli_lets_other_errors_propagate(capsys):
+    with pytest.raises(KeyError):  # not a user error unless the package says so
+        _run(["key"])
+    with pytest.raises(_AssetGone):
+        _run(["asset"])
+    with pytest.raises(ZeroDivisionError):
+        _run(["bug"], user_errors=(ValueError, FileNotFoundError, KeyError))
+    with pytest.raises(SystemExit) as exc:  # argparse's own usage errors
+        _run(["nope"])
+    assert exc.value.code == 2

@@ -12,7 +12,15 @@ import pytest
 import torch
 
 from flowcore.images import to_tensor
-from flowcore.io import atomic_write, package_versions, save_result, to_jsonable, write_json
+from flowcore.io import (
+    atomic_write,
+    load_tensors,
+    package_versions,
+    save_result,
+    save_tensors,
+    to_jsonable,
+    write_json,
+)
 
 
 def _no_temp_files(folder: Path) -> bool:
@@ -146,3 +154,36 @@ def test_atomic_write_gives_the_default_file_mode(tmp_path):
     finally:
         os.umask(umask)
     assert (path.stat().st_mode & 0o777) == 0o644
+
+
+def test_save_and_load_tensors_round_trip(tmp_path):
+    base = torch.arange(12, dtype=torch.float64).reshape(3, 4)
+    tensors = {"x": base.t(), "row": base[1], "half": torch.ones(2, dtype=torch.float16, requires_grad=True)}
+    meta = {"format": 3, "path": tmp_path, "nested": {"v": torch.tensor([1.5])}, "bad": float("nan")}
+    path = save_tensors(tmp_path / "thing", tensors, tag="pkg", meta=meta, sidecar=True)
+    assert path == tmp_path / "thing.safetensors" and _no_temp_files(tmp_path)
+    assert json.loads((tmp_path / "thing.json").read_text())["nested"] == {"v": [1.5]}
+    for name in (path, tmp_path / "thing"):  # the suffix may be left out
+        loaded, back = load_tensors(name, tag="pkg", format=3)
+        assert set(loaded) == set(tensors)
+        assert all(torch.equal(loaded[k], tensors[k].detach()) and loaded[k].dtype == tensors[k].dtype
+                   for k in tensors)
+        assert back == {"format": 3, "path": str(tmp_path), "nested": {"v": [1.5]}, "bad": "nan"}
+    assert save_tensors(tmp_path / "plain.safetensors", tensors, tag="pkg", meta=meta).name == "plain.safetensors"
+    assert not (tmp_path / "plain.json").exists()  # no sidecar unless asked
+
+
+def test_load_tensors_clear_errors(tmp_path):
+    save_tensors(tmp_path / "a", {"x": torch.zeros(2)}, tag="pkg", meta={"format": 1})
+    with pytest.raises(FileNotFoundError, match=r"pkg cache not found: .*nothing"):
+        load_tensors(tmp_path / "nothing", tag="pkg", format=1, what="pkg cache")
+    with pytest.raises(ValueError, match=r"is not a other file .*'other'"):
+        load_tensors(tmp_path / "a", tag="other", format=1)
+    with pytest.raises(ValueError, match="of format 1, but this version reads format 2"):
+        load_tensors(tmp_path / "a", tag="pkg", format=2)
+    save_tensors(tmp_path / "b", {"x": torch.zeros(2)}, tag="pkg", meta={"version": 1})
+    with pytest.raises(ValueError, match="of format None"):
+        load_tensors(tmp_path / "b", tag="pkg", format=1)
+    (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(Exception):  # noqa: B017 - safetensors' own error for a corrupt file
+        load_tensors(tmp_path / "junk.safetensors", tag="pkg", format=1)

@@ -9,7 +9,7 @@ from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler
 from flowcore.guidance import cfg, compose, gate
 from flowcore.prediction import to_x0_eps
 from flowcore.sampling import current_loop, invert, sample, step
-from flowcore.schedules import calculate_shift, make_schedule
+from flowcore.schedules import Schedule, calculate_shift, make_schedule
 
 
 def sd15_ddim(**kw) -> DDIMScheduler:
@@ -98,6 +98,31 @@ def test_non_ddim_vp_scheduler_is_converted_to_ddim():
 
     euler = EulerDiscreteScheduler.from_config(sd15_ddim().config)
     assert torch.equal(make_schedule(euler, 25).timesteps, make_schedule(sd15_ddim(), 25).timesteps)
+
+
+@pytest.mark.parametrize("kind", ["rf", "vp"])
+def test_schedule_to_and_from_tensors_round_trips(kind):
+    sched = make_schedule(FlowMatchEulerDiscreteScheduler(shift=3.0) if kind == "rf" else sd15_ddim(), 7)
+    tensors = sched.to_tensors(prefix="grid.")
+    expected = {"grid.timesteps", "grid.a", "grid.s"} | ({"grid.sigmas"} if kind == "rf" else set())
+    assert set(tensors) == expected
+    back = Schedule.from_tensors({**tensors, "other": torch.ones(3)}, sched.kind, prefix="grid.",
+                                 num_train_timesteps=sched.num_train_timesteps)
+    assert back.kind == kind and back.num_train_timesteps == sched.num_train_timesteps
+    for name in ("timesteps", "a", "s", "sigmas"):
+        mine, theirs = getattr(sched, name), getattr(back, name)
+        assert (mine is None and theirs is None) or torch.equal(mine, theirs)
+    assert torch.equal(Schedule.from_tensors(sched.to_tensors(), kind).t(7), sched.t(7))  # default prefix
+
+
+def test_schedule_from_tensors_rejects_bad_input():
+    tensors = make_schedule(FlowMatchEulerDiscreteScheduler(shift=3.0), 4).to_tensors()
+    with pytest.raises(ValueError, match=r"'schedule\.a'"):
+        Schedule.from_tensors({k: v for k, v in tensors.items() if k != "schedule.a"}, "rf")
+    with pytest.raises(ValueError, match="disagree"):
+        Schedule.from_tensors({**tensors, "schedule.s": tensors["schedule.s"][:-1]}, "rf")
+    with pytest.raises(ValueError, match="'rf' or 'vp'"):
+        Schedule.from_tensors(tensors, "flow")
 
 
 def test_euler_step_equals_flow_match_step_bitwise():

@@ -2,6 +2,8 @@
 
 Every method package's CLI calls :func:`add_common_args` so that ``--model``, ``--output-dir``, ``--seed``,
 ``--device``, ``--dtype`` and ``--json [PATH]`` mean the same everywhere, and ends with :func:`emit`.
+:func:`run_cli` is the common ``main``: dispatch to the subcommand, map errors to the exit codes
+:data:`EXIT_OK` (0), :data:`EXIT_USER_ERROR` (1, bad input) and :data:`EXIT_MISSING_WEIGHTS` (2), then emit.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import json
 import os
 import re
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -19,7 +21,11 @@ from typing import Literal
 import torch
 
 __all__ = [
+    "EXIT_MISSING_WEIGHTS",
+    "EXIT_OK",
+    "EXIT_USER_ERROR",
     "TOY_MODELS",
+    "USER_ERRORS",
     "ModelRef",
     "add_common_args",
     "emit",
@@ -28,6 +34,7 @@ __all__ = [
     "resolve_device",
     "resolve_dtype",
     "resolve_model",
+    "run_cli",
 ]
 
 from flowcore.io import TOY_MODEL_NAMES as TOY_MODELS  # toy-sd3, toy-flux, toy-kontext, toy-unet, toy-clip
@@ -37,6 +44,10 @@ _DTYPES = {
     "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
     "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
 }
+EXIT_OK, EXIT_USER_ERROR, EXIT_MISSING_WEIGHTS = 0, 1, 2
+# Errors that mean "the input was wrong" (the message says what to fix); packages may add their own.
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError)
+
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -286,3 +297,51 @@ def progress(iterable: Iterable, **kwargs):
     kwargs.setdefault("file", sys.stderr)
     kwargs.setdefault("dynamic_ncols", True)
     return tqdm(iterable, disable=disabled, **kwargs)
+
+
+# ------------------------------------------------------------------------------------------------------ main
+def _error_text(err: BaseException) -> str:
+    """The message of ``err``; a ``KeyError``'s own message rather than its quoted repr."""
+    if isinstance(err, KeyError) and err.args:
+        return str(err.args[0])
+    return str(err)
+
+
+def run_cli(
+    prog: str,
+    parser: argparse.ArgumentParser,
+    commands: Mapping[str, Callable[[argparse.Namespace], dict]],
+    argv: Sequence[str] | None = None,
+    *,
+    user_errors: Sequence[type[BaseException]] = USER_ERRORS,
+    extra_missing: Sequence[type[BaseException]] = (),
+    missing_label: str = "missing weights",
+    missing_hint: str | None = None,
+    report: Callable[[argparse.Namespace, dict], None] = emit,
+) -> int:
+    """A package's ``main``: parse ``argv``, run ``commands[args.command](args)``, report it; return the exit code.
+
+    - ``flowcore.toy.ToyWeightsMissing`` and the ``extra_missing`` types → one line
+      ``"<prog> <command>: <missing_label>: <message>"`` (plus ``"  (<missing_hint>)"`` when given) on stderr and
+      :data:`EXIT_MISSING_WEIGHTS`. Checked first, so a missing-weights error that is also a ``FileNotFoundError``
+      is not reported as bad input.
+    - ``user_errors`` → ``"<prog> <command>: error: <message>"`` on stderr and :data:`EXIT_USER_ERROR`.
+    - Otherwise ``report(args, summary)`` (default :func:`emit`) and :data:`EXIT_OK`. Anything else propagates
+      (a bug keeps its traceback); argparse errors exit 2 from ``parse_args`` as usual.
+    """
+    from flowcore.toy.bundle import ToyWeightsMissing
+
+    args = parser.parse_args(argv)
+    where = f"{prog} {args.command}"
+    try:
+        summary = commands[args.command](args)
+    except (ToyWeightsMissing, *extra_missing) as err:
+        print(f"{where}: {missing_label}: {err}", file=sys.stderr)
+        if missing_hint:
+            print(f"  ({missing_hint})", file=sys.stderr)
+        return EXIT_MISSING_WEIGHTS
+    except tuple(user_errors) as err:
+        print(f"{where}: error: {_error_text(err)}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    report(args, summary)
+    return EXIT_OK

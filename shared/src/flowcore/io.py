@@ -23,7 +23,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["TOY_MODEL_NAMES", "atomic_write", "package_versions", "save_result", "to_jsonable", "write_json"]
+__all__ = [
+    "TOY_MODEL_NAMES",
+    "atomic_write",
+    "load_tensors",
+    "package_versions",
+    "save_result",
+    "save_tensors",
+    "to_jsonable",
+    "write_json",
+]
 
 # The embedded toy models (toyworld.md §10.2 `available()`); a sidecar for one of these says "world": "toy".
 TOY_MODEL_NAMES = ("toy-sd3", "toy-flux", "toy-kontext", "toy-unet", "toy-clip")
@@ -134,6 +143,78 @@ def write_json(path: str | os.PathLike, obj, *, indent: int = 2) -> Path:
     """Atomically write ``obj`` (see :func:`to_jsonable`) as UTF-8 JSON with a trailing newline."""
     text = json.dumps(to_jsonable(obj), indent=indent, ensure_ascii=False, allow_nan=False)
     return atomic_write(path, text + "\n")
+
+
+_SAFETENSORS_SUFFIX = ".safetensors"
+
+
+def _with_safetensors_suffix(path: Path) -> Path:
+    return path if path.suffix == _SAFETENSORS_SUFFIX else path.with_name(path.name + _SAFETENSORS_SUFFIX)
+
+
+def save_tensors(
+    path: str | os.PathLike,
+    tensors: Mapping[str, torch.Tensor],
+    *,
+    tag: str,
+    meta: Mapping,
+    sidecar: bool = False,
+) -> Path:
+    """Write ``tensors`` and JSON metadata to one safetensors file, atomically; return its path.
+
+    ``.safetensors`` is appended to ``path`` unless it already ends so. ``meta`` (made plain with
+    :func:`to_jsonable`) is stored as JSON under the header key ``tag``; put its format version in
+    ``meta["format"]`` so that :func:`load_tensors` can check it. The tensors are detached, copied to the CPU and
+    made contiguous (safetensors refuses views sharing storage). ``sidecar=True`` also writes the metadata as a
+    readable ``<stem>.json`` beside the file (atomically, after it).
+    """
+    from safetensors.torch import save_file
+
+    path = _with_safetensors_suffix(Path(path))
+    plain_meta = to_jsonable(dict(meta))
+    header = {tag: json.dumps(plain_meta, ensure_ascii=False, allow_nan=False)}
+    cpu_tensors = {key: value.detach().to("cpu").contiguous().clone() for key, value in tensors.items()}
+    atomic_write(path, lambda tmp: save_file(cpu_tensors, str(tmp), metadata=header))
+    if sidecar:
+        write_json(path.with_suffix(".json"), plain_meta)
+    return path
+
+
+def load_tensors(
+    path: str | os.PathLike,
+    *,
+    tag: str,
+    format: object,
+    what: str | None = None,
+) -> tuple[dict[str, torch.Tensor], dict]:
+    """Read a file written by :func:`save_tensors`: ``(tensors on the CPU, metadata dict)``.
+
+    ``path`` may leave out the ``.safetensors`` suffix. ``what`` names the kind of file in errors (default
+    ``"<tag> file"``). Raises ``FileNotFoundError`` naming the path when there is no such file, ``ValueError`` when
+    the header has no JSON object under ``tag`` (not such a file) or when ``meta["format"] != format`` (written by
+    another format version). A file that is not safetensors at all raises safetensors' own error.
+    """
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    what = what or f"{tag} file"
+    path = Path(path)
+    if not path.is_file() and _with_safetensors_suffix(path).is_file():
+        path = _with_safetensors_suffix(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: {str(path)!r}")
+    with safe_open(str(path), framework="pt") as handle:
+        header = handle.metadata() or {}
+    try:
+        meta = json.loads(header[tag])
+    except (KeyError, json.JSONDecodeError):
+        meta = None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path} is not a {what} (no JSON {tag!r} metadata in its header)")
+    if meta.get("format") != format:
+        raise ValueError(f"{path} is a {what} of format {meta.get('format')!r}, but this version reads format "
+                         f"{format!r}; write it again with this version")
+    return load_file(str(path)), meta
 
 
 def package_versions(*names: str) -> dict[str, str | None]:

@@ -15,7 +15,7 @@ sigmas, Karras, DDIM "leading"/"trailing" spacing with ``steps_offset``) comes o
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,6 +74,33 @@ class Schedule:
         sig = None if self.sigmas is None else self.sigmas[start:end + 1]
         return Schedule(self.kind, self.timesteps[start:end], sig, self.a[start:end + 1], self.s[start:end + 1],
                         self.num_train_timesteps)
+
+    def to_tensors(self, prefix: str = "schedule.") -> dict[str, Tensor]:
+        """The grid's tensors for a file: ``{prefix}timesteps`` (N,), ``{prefix}a``, ``{prefix}s`` and, for rf,
+        ``{prefix}sigmas`` (N+1,). ``kind`` and ``num_train_timesteps`` are not tensors: store them beside (e.g. in
+        the file's metadata) and give them back to :meth:`from_tensors`."""
+        tensors = {f"{prefix}timesteps": self.timesteps, f"{prefix}a": self.a, f"{prefix}s": self.s}
+        if self.sigmas is not None:
+            tensors[f"{prefix}sigmas"] = self.sigmas
+        return tensors
+
+    @classmethod
+    def from_tensors(cls, tensors: Mapping[str, Tensor], kind: str, *, num_train_timesteps: int = 1000,
+                     prefix: str = "schedule.") -> Schedule:
+        """The grid :meth:`to_tensors` stored under ``prefix`` (other keys of ``tensors`` are ignored)."""
+        if kind not in ("rf", "vp"):
+            raise ValueError(f"schedule kind must be 'rf' or 'vp', got {kind!r}")
+        missing = [f"{prefix}{name}" for name in ("timesteps", "a", "s") if f"{prefix}{name}" not in tensors]
+        if missing:
+            raise ValueError(f"the tensors hold no schedule under {prefix!r}: {missing} missing")
+        timesteps, a, s = (tensors[f"{prefix}{name}"] for name in ("timesteps", "a", "s"))
+        sigmas = tensors.get(f"{prefix}sigmas")
+        points = timesteps.shape[0] + 1
+        lengths = {name: v.shape[0] for name, v in (("a", a), ("s", s), ("sigmas", sigmas)) if v is not None}
+        if any(length != points for length in lengths.values()):
+            raise ValueError(f"schedule tensors under {prefix!r} disagree: {points - 1} timesteps need N+1 = {points} "
+                             f"points, got lengths {lengths}")
+        return cls(kind, timesteps, sigmas, a, s, int(num_train_timesteps))
 
 
 def calculate_shift(

@@ -21,7 +21,7 @@ from torch import Tensor
 from directedit.config import DirectEditConfig
 from directedit.rows import NFECount
 from flowcore.adapters import Conditioning
-from flowcore.io import atomic_write, to_jsonable, write_json
+from flowcore.io import load_tensors, save_tensors
 from flowcore.schedules import Schedule
 
 __all__ = ["CacheMismatchError", "InversionCache", "conditioning_fingerprint", "model_fingerprint"]
@@ -244,20 +244,8 @@ class InversionCache:
 
         Both files are written atomically; returns the safetensors path.
         """
-        from safetensors.torch import save_file
-
-        path = Path(path)
-        if path.suffix != ".safetensors":
-            path = path.with_name(path.name + ".safetensors")
-        tensors: dict[str, Tensor] = {}
-        for k, z in enumerate(self.latents):
-            if z is not None:
-                tensors[f"latents.{k}"] = z
-        sched = self.schedule
-        tensors["schedule.timesteps"] = sched.timesteps
-        tensors["schedule.a"], tensors["schedule.s"] = sched.a, sched.s
-        if sched.sigmas is not None:
-            tensors["schedule.sigmas"] = sched.sigmas
+        tensors: dict[str, Tensor] = {f"latents.{k}": z for k, z in enumerate(self.latents) if z is not None}
+        tensors.update(self.schedule.to_tensors())
         tensors.update(_cond_tensors("source", self.source_cond))
         tensors.update(_cond_tensors("uncond", self.source_uncond))
         if self.reference is not None:
@@ -267,38 +255,18 @@ class InversionCache:
         for step, sites in (self.value_cache or {}).items():
             for site, v in sites.items():
                 tensors[f"values.{step}.{site}"] = v
-        tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
-        meta = self._metadata()
-        header = {"directedit": json.dumps(to_jsonable(meta))}
-        atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=header))
-        write_json(path.with_suffix(".json"), meta)
-        return path
+        return save_tensors(path, tensors, tag="directedit", meta=self._metadata(), sidecar=True)
 
     @classmethod
     def load(cls, path: str | os.PathLike, model: Any = None, *, source_prompt: str | list[str] | None = None,
              num_steps: int | None = None, device: torch.device | str | None = None) -> InversionCache:
         """Read a cache written by :meth:`save`; with ``model`` (and optionally ``source_prompt``,
         ``num_steps``) it is checked first and moved to the model's device."""
-        from safetensors import safe_open
-        from safetensors.torch import load_file
-
-        path = Path(path)
-        if not path.is_file() and path.with_name(path.name + ".safetensors").is_file():
-            path = path.with_name(path.name + ".safetensors")
-        if not path.is_file():
-            raise FileNotFoundError(f"inversion cache not found: {str(path)!r}")
-        with safe_open(str(path), framework="pt") as handle:
-            header = handle.metadata() or {}
-        if "directedit" not in header:
-            raise ValueError(f"{path} is not a directedit inversion cache (no 'directedit' metadata)")
-        meta = json.loads(header["directedit"])
-        if meta.get("format") != FORMAT_VERSION:
-            raise ValueError(f"{path} has cache format {meta.get('format')}, this directedit reads {FORMAT_VERSION}")
-        tensors = load_file(str(path))
-        n = len(tensors["schedule.timesteps"])
-        latents: list[Tensor | None] = [tensors.get(f"latents.{k}") for k in range(n + 1)]
-        schedule = Schedule(meta["schedule_kind"], tensors["schedule.timesteps"], tensors.get("schedule.sigmas"),
-                            tensors["schedule.a"], tensors["schedule.s"], int(meta["num_train_timesteps"]))
+        tensors, meta = load_tensors(path, tag="directedit", format=FORMAT_VERSION,
+                                     what="directedit inversion cache")
+        schedule = Schedule.from_tensors(tensors, meta["schedule_kind"],
+                                         num_train_timesteps=meta["num_train_timesteps"])
+        latents: list[Tensor | None] = [tensors.get(f"latents.{k}") for k in range(schedule.num_steps + 1)]
         values: dict[int, dict[str, Tensor]] | None = None
         for key, v in tensors.items():
             if key.startswith("values."):

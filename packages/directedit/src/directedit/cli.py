@@ -17,12 +17,13 @@ from typing import Any
 
 import torch
 
-from flowcore.cli import add_common_args, emit, resolve_device, resolve_dtype, resolve_model
+from flowcore import cli as _cli
+from flowcore.cli import USER_ERRORS, add_common_args, resolve_device, resolve_dtype, resolve_model, run_cli
 
 __all__ = ["build_parser", "main"]
 
 TOY_CHOICES = ("toy-sd3", "toy-flux", "toy-kontext")
-EXIT_USAGE, EXIT_MISSING_WEIGHTS = 1, 2
+EXIT_USAGE, EXIT_MISSING_WEIGHTS = _cli.EXIT_USER_ERROR, _cli.EXIT_MISSING_WEIGHTS  # 1, 2 (flowcore.cli.run_cli)
 
 
 # --- parser -------------------------------------------------------------------------------------------------------
@@ -459,21 +460,12 @@ COMMANDS = {"edit": cmd_edit, "reconstruct": cmd_reconstruct, "compare": cmd_com
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    from directedit._toy import ToyWeightsMissing
-
-    try:
-        summary = COMMANDS[args.command](args)
-    except ToyWeightsMissing as err:
-        print(f"directedit {args.command}: the trained toy weights are missing: {err}", file=sys.stderr)
-        print("  (use --random-init for a plumbing check with random weights)", file=sys.stderr)
-        return EXIT_MISSING_WEIGHTS
-    except (CliError, ValueError, FileNotFoundError, TypeError, NotImplementedError) as err:
-        print(f"directedit {args.command}: error: {err}", file=sys.stderr)
-        return EXIT_USAGE
-    emit(args, summary)
-    return 0
+    return run_cli(
+        "directedit", build_parser(), COMMANDS, argv,
+        user_errors=(CliError, *USER_ERRORS, TypeError, NotImplementedError),
+        missing_label="the trained toy weights are missing",
+        missing_hint="use --random-init for a plumbing check with random weights",
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

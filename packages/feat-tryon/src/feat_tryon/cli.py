@@ -15,7 +15,15 @@ from typing import Any
 import torch
 
 from feat_tryon.config import PRESETS, FEATConfig
-from flowcore.cli import add_common_args, emit, progress, resolve_device, resolve_dtype, resolve_model
+from flowcore.cli import (
+    USER_ERRORS,
+    add_common_args,
+    progress,
+    resolve_device,
+    resolve_dtype,
+    resolve_model,
+    run_cli,
+)
 
 __all__ = ["build_parser", "main"]
 
@@ -402,19 +410,9 @@ COMMANDS = {"run": cmd_run, "tryon": cmd_run, "edit": cmd_run, "masks": cmd_mask
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from flowcore.toy import ToyWeightsMissing
-
-    args = build_parser().parse_args(argv)
-    try:
-        summary = COMMANDS[args.command](args)
-    except ToyWeightsMissing as exc:
-        print(f"feat-tryon {args.command}: the trained toy weights are missing: {exc}", file=sys.stderr)
-        return 2
-    except (ValueError, TypeError, FileNotFoundError, KeyError, NotImplementedError) as exc:
-        print(f"feat-tryon {args.command}: error: {exc}", file=sys.stderr)
-        return 1
-    emit(args, summary)
-    return 0
+    return run_cli("feat-tryon", build_parser(), COMMANDS, argv,
+                   user_errors=(*USER_ERRORS, TypeError, KeyError, NotImplementedError),
+                   missing_label="the trained toy weights are missing")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -20,7 +20,7 @@ from specedit.config import SpecEditConfig
 
 __all__ = ["build_parser", "main"]
 
-EXIT_MISSING_WEIGHTS = 2
+EXIT_MISSING_WEIGHTS = 2  # = flowcore.cli.EXIT_MISSING_WEIGHTS (run_cli)
 
 
 def _common(parser: argparse.ArgumentParser, default_model: str | None = "toy-kontext",
@@ -452,20 +452,11 @@ COMMANDS = {"edit": cmd_edit, "compare": cmd_compare, "flops": cmd_flops, "calib
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from flowcore.cli import emit
+    from flowcore.cli import USER_ERRORS, run_cli
 
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        summary = COMMANDS[args.command](args)
-    except MissingWeights as err:
-        print(f"specedit {args.command}: trained toy weights are missing — {err}", file=sys.stderr)
-        return EXIT_MISSING_WEIGHTS
-    except (ValueError, FileNotFoundError, NotImplementedError, RuntimeError) as err:
-        print(f"specedit {args.command}: error: {err}", file=sys.stderr)
-        return 1
-    emit(args, summary)
-    return 0
+    return run_cli("specedit", build_parser(), COMMANDS, argv, extra_missing=(MissingWeights,),
+                   user_errors=(*USER_ERRORS, NotImplementedError, RuntimeError),
+                   missing_label="the trained toy weights are missing")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -19,7 +19,7 @@ import torch
 
 __all__ = ["build_parser", "main"]
 
-EXIT_MISSING = 2
+EXIT_MISSING = 2  # = flowcore.cli.EXIT_MISSING_WEIGHTS (run_cli)
 
 
 def _common(parser: argparse.ArgumentParser, command: str, *, default_model: str | list[str] | None = "toy-unet",
@@ -394,23 +394,11 @@ COMMANDS = {"build-dataset": cmd_build_dataset, "dataset": cmd_build_dataset,
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from flowcore.cli import emit
-    from flowcore.toy import ToyWeightsMissing
+    from flowcore.cli import USER_ERRORS, run_cli
     from style_attr.models import MissingAssetError
 
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        summary = COMMANDS[args.command](args)
-    except (ToyWeightsMissing, MissingAssetError) as err:
-        print(f"style-attr {args.command}: missing weights: {err}", file=sys.stderr)
-        return EXIT_MISSING
-    except (ValueError, KeyError, FileNotFoundError) as err:
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"style-attr {args.command}: error: {message}", file=sys.stderr)
-        return 1
-    emit(args, summary)
-    return 0
+    return run_cli("style-attr", build_parser(), COMMANDS, argv, extra_missing=(MissingAssetError,),
+                   user_errors=(*USER_ERRORS, KeyError))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
 import os
 import time
@@ -326,18 +325,10 @@ class InversionResult:
 
     def save(self, path: str | os.PathLike) -> Path:
         """``path`` (``.safetensors``: tensors plus metadata in the header) and a readable ``.json`` beside it."""
-        from safetensors.torch import save_file
+        from flowcore.io import save_tensors
 
-        from flowcore.io import atomic_write, to_jsonable, write_json
-
-        path = Path(path)
-        if path.suffix != ".safetensors":
-            path = path.with_name(path.name + ".safetensors")
         tensors: dict[str, Tensor] = {"x_T": self.x_T, "x0": self.x0, "control_image": self.control_image,
-                                      "schedule.timesteps": self.schedule.timesteps, "schedule.a": self.schedule.a,
-                                      "schedule.s": self.schedule.s}
-        if self.schedule.sigmas is not None:
-            tensors["schedule.sigmas"] = self.schedule.sigmas
+                                      **self.schedule.to_tensors()}
         if self.reconstruction is not None:
             tensors["reconstruction"] = self.reconstruction
         for name, phi in self.phis.items():
@@ -350,7 +341,6 @@ class InversionResult:
             tensors[f"{prefix}.embeds"] = c.embeds
             if c.pooled is not None:
                 tensors[f"{prefix}.pooled"] = c.pooled
-        tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
         meta = {
             "format": INVERSION_FORMAT, "format_version": 1, "method": self.method, "w1": self.w1,
             "terms": self.terms, "controlnet_scale": self.controlnet_scale,
@@ -360,31 +350,14 @@ class InversionResult:
             "prompts": list(self.cond.prompts) if self.cond.prompts else None,
             "trajectory_length": len(self.trajectory or []),
         }
-        meta = to_jsonable(meta)
-        atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"style_attr": json.dumps(meta)}))
-        write_json(path.with_suffix(".json"), meta)
-        return path
+        return save_tensors(path, tensors, tag="style_attr", meta=meta, sidecar=True)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> InversionResult:
-        from safetensors import safe_open
-        from safetensors.torch import load_file
+        from flowcore.io import load_tensors
 
-        path = Path(path)
-        if not path.is_file() and path.with_name(path.name + ".safetensors").is_file():
-            path = path.with_name(path.name + ".safetensors")
-        if not path.is_file():
-            raise FileNotFoundError(f"inversion file not found: {str(path)!r}")
-        with safe_open(str(path), framework="pt") as handle:
-            header = handle.metadata() or {}
-        if "style_attr" not in header:
-            raise ValueError(f"{path} is not a style-attr inversion (no 'style_attr' metadata)")
-        meta = json.loads(header["style_attr"])
-        if meta.get("format") != INVERSION_FORMAT:
-            raise ValueError(f"{path} has format {meta.get('format')!r}, expected {INVERSION_FORMAT!r}")
-        t = load_file(str(path))
-        schedule = Schedule(meta["schedule_kind"], t["schedule.timesteps"], t.get("schedule.sigmas"),
-                            t["schedule.a"], t["schedule.s"], int(meta["num_train_timesteps"]))
+        t, meta = load_tensors(path, tag="style_attr", format=INVERSION_FORMAT, what="style-attr inversion file")
+        schedule = Schedule.from_tensors(t, meta["schedule_kind"], num_train_timesteps=meta["num_train_timesteps"])
         prompts = tuple(meta["prompts"]) if meta.get("prompts") else None
         cond = Conditioning(t["cond.embeds"], t.get("cond.pooled"), prompts=prompts)
         uncond = Conditioning(t["uncond.embeds"], t.get("uncond.pooled")) if "uncond.embeds" in t else None

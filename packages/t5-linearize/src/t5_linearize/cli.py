@@ -16,7 +16,15 @@ from typing import Any
 
 import torch
 
-from flowcore.cli import add_common_args, emit, resolve_device, resolve_dtype, resolve_model
+from flowcore.cli import (
+    USER_ERRORS,
+    add_common_args,
+    emit,
+    resolve_device,
+    resolve_dtype,
+    resolve_model,
+    run_cli,
+)
 
 PACKAGE = "t5-linearize"
 
@@ -379,24 +387,17 @@ COMMANDS = {"convert": cmd_convert, "finetune": cmd_finetune, "generate": cmd_ge
             "demo": cmd_demo, "bench": cmd_bench}
 
 
+def _report(args: argparse.Namespace, summary: dict[str, Any]) -> None:
+    """``emit``, except for ``bench`` without ``--json``: the benchmark already printed its table."""
+    if args.command != "bench" or args.json is not None:
+        emit(args, summary)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    from t5_linearize import toy
     from t5_linearize.demo import AssetsMissing
 
-    try:
-        summary = COMMANDS[args.command](args)
-    except (toy.ToyWeightsMissing, AssetsMissing) as exc:
-        print(f"t5-linearize {args.command}: {exc}", file=sys.stderr)
-        return 2
-    except (ValueError, TypeError, FileNotFoundError) as exc:
-        print(f"t5-linearize {args.command}: error: {exc}", file=sys.stderr)
-        return 1
-    if args.command == "bench" and args.json is None:
-        return 0
-    emit(args, summary)
-    return 0
+    return run_cli("t5-linearize", build_parser(), COMMANDS, argv, extra_missing=(AssetsMissing,),
+                   user_errors=(*USER_ERRORS, TypeError), report=_report)
 
 
 if __name__ == "__main__":  # pragma: no cover
