@@ -467,7 +467,7 @@ def train_controlnet(config: ControlNetTrainConfig, *, model: Any = None) -> dic
         accelerator.backward(loss)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        loss_value = float(loss)
+        loss_value = loss.detach().item()
         if accelerator.is_main_process and ((step + 1) % config.log_every == 0 or step + 1 == config.steps):
             lines.append(json.dumps({"step": step + 1, "loss": loss_value,
                                      "elapsed_s": round(time.perf_counter() - start, 3)}))
