@@ -81,8 +81,8 @@ def isolated(session: nox.Session, package: str) -> None:
     folder = PACKAGES[package]
     local_deps = {"t5-linearize": ["shared", "kernels"]}.get(package, [] if package in CORE_NAMES else ["shared"])
     for dep in local_deps:
-        session.install(dep)  # non-editable: exactly what a user gets from the index
-    session.install(folder, "pytest>=8")
+        session.install(f"./{dep}")  # non-editable: what a user gets from the index ("./": a folder, not a name)
+    session.install(f"./{folder}", "pytest>=8")
     module = package.replace("-", "_")
     session.run("python", "-c", f"import {module}; print({module}.__name__, {module}.__version__)", env=OFFLINE)
     smoke = ROOT / folder / "tests" / "test_smoke.py"
