@@ -98,8 +98,9 @@ def test_demo_evaluates_committed_assets(tmp_path, monkeypatch):
     t5 = linearize(copy.deepcopy(bundle.denoiser), generator=torch.Generator().manual_seed(0))
     t5.to(torch.float16).save_pretrained(assets / demo.T5_ASSET)
     copy.deepcopy(bundle.denoiser).to(torch.float16).save_pretrained(assets / demo.SOFTMAX_ASSET)
+    (assets / demo.RECORD_ASSET).write_text('{"training": {"T5": {"steps": 7}}}')  # labels T5 by its real steps
     report = demo.run_demo(tmp_path / "out", assets=assets, n_prompts=2, sample_steps=2, progress=False)
-    assert set(report["models"]) == {"original", "ft-softmax", "T5@3000"}
-    assert set(report["pairs"]) == {"T5@3000 vs ft-softmax", "T5@3000 vs original", "ft-softmax vs original"}
+    assert set(report["models"]) == {"original", "ft-softmax", "T5@7"}
+    assert set(report["pairs"]) == {"T5@7 vs ft-softmax", "T5@7 vs original", "ft-softmax vs original"}
     assert {"A1", "A2"} <= set(report["acceptance"])
     assert (tmp_path / "out" / "report.md").is_file() and (tmp_path / "out" / "grid.png").is_file()

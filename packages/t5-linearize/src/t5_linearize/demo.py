@@ -2,7 +2,7 @@
 baseline, and compare them with the toy judge.
 
 - ``run_demo``: no training; evaluates the committed fine-tuned transformers under ``t5_linearize/assets/toy/``
-  (``t5-3000/``, ``softmax-ft/``, written by ``run_protocol``) against the original toy-sd3.
+  (``t5-ft/``, ``softmax-ft/``, written by ``run_protocol``) against the original toy-sd3.
 - ``run_protocol``: the full protocol (convert, 3000 fine-tuning steps for T5 and for softmax, a 1000-step
   ``operator="linear"`` run for A4, optional ablations, evaluation of every snapshot, acceptance A1–A4, export of the
   fp16 assets). ``preset="ci"`` is the smoke version on the random-init CI-sized toy-sd3 (finiteness and a falling
@@ -30,7 +30,7 @@ from t5_linearize.models import T5SD3Transformer2DModel, linearize
 
 __all__ = ["ABLATIONS", "AssetsMissing", "ProtocolPlan", "assets_dir", "run_demo", "run_protocol"]
 
-T5_ASSET, SOFTMAX_ASSET, RECORD_ASSET = "t5-3000", "softmax-ft", "training.json"
+T5_ASSET, SOFTMAX_ASSET, RECORD_ASSET = "t5-ft", "softmax-ft", "training.json"
 CPU = torch.device("cpu")
 ABLATIONS: dict[str, tuple[dict[str, Any], float]] = {  # name -> (LinearizeConfig changes, distill_weight)
     "no_key_norm": ({"key_norm": False}, 0.0),
@@ -94,28 +94,31 @@ class ProtocolPlan:
 def run_demo(out_dir: Path, *, quick: bool = False, seed: int = 0, assets: Path | None = None,
              progress: bool = True, n_prompts: int | None = None, sample_steps: int | None = None
              ) -> dict[str, Any]:
-    """Evaluate the committed T5@3000 and fine-tuned softmax toy-sd3 against the original (32 prompts if quick,
+    """Evaluate the committed fine-tuned T5 and fine-tuned softmax toy-sd3 against the original (32 prompts if quick,
     else 512; ``n_prompts``/``sample_steps`` override the count and the toy's 28 sampling steps)."""
     assets = assets or assets_dir()
     missing = [p for p in (assets / T5_ASSET, assets / SOFTMAX_ASSET) if not (p / "config.json").is_file()]
     if missing:
         raise AssetsMissing(f"the fine-tuned toy transformers are missing ({', '.join(map(str, missing))}); create "
                             "them with `t5-linearize demo --train` (the full protocol, about 1.5–2 h on 2 cores)")
+    record = _read_record(assets / RECORD_ASSET)
+    # Label the T5 model by the steps it was really fine-tuned for (the committed assets may be a shortened run).
+    t5_steps = record.get("training", {}).get("T5", {}).get("steps")
+    t5_name = f"T5@{t5_steps}" if t5_steps else "T5-ft"
     bundle = toy.load_bundle("toy-sd3")
     from diffusers import SD3Transformer2DModel
 
     models = {
         "original": bundle.denoiser,
         "ft-softmax": SD3Transformer2DModel.from_pretrained(assets / SOFTMAX_ASSET, torch_dtype=torch.float32).eval(),
-        "T5@3000": T5SD3Transformer2DModel.from_pretrained(assets / T5_ASSET, torch_dtype=torch.float32).eval(),
+        t5_name: T5SD3Transformer2DModel.from_pretrained(assets / T5_ASSET, torch_dtype=torch.float32).eval(),
     }
     captions = toy.eval_captions(n_prompts or (32 if quick else 512))
     report, images = toy.evaluate_models(bundle, models, captions, seed=seed, steps=sample_steps,
-                                         pairs=_PAIRS("T5@3000"), progress=progress)
-    record = _read_record(assets / RECORD_ASSET)
+                                         pairs=_PAIRS(t5_name), progress=progress)
     report["training"] = record.get("training", {})
-    report["acceptance"] = acceptance(report, "T5@3000", record)
-    toy.write_report(out_dir, report, images, ["original", "ft-softmax", "T5@3000"],
+    report["acceptance"] = acceptance(report, t5_name, record)
+    toy.write_report(out_dir, report, images, ["original", "ft-softmax", t5_name],
                      {"command": "demo", "quick": quick, "seed": seed, "assets": str(assets), "model": "toy-sd3"})
     return report
 
