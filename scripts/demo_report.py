@@ -30,7 +30,7 @@ METHODS = {  # package -> (command, what it shows)
     "directedit": ("directedit", "Step-exact inversion and dual-path editing vs naive Euler (toy-sd3, toy-flux)."),
     "specedit": ("specedit", "Draft-and-verify dynamic resolution vs the full 50-step baseline (toy-kontext)."),
     "t5-linearize": ("t5-linearize", "Linearized (TTT) toy-sd3 vs the fine-tuned softmax model."),
-    "style-attr": ("style-attr", "Continuous style sliders: λ sweeps of the outline attribute (toy-unet)."),
+    "style-attr": ("style-attr", "Continuous style sliders: λ sweeps of the outline attribute (toy-sd3)."),
     "feat-tryon": ("feat-tryon", "Try-on from a design image: FEAT vs ControlNet + image prompt (toy-unet)."),
 }
 UPSCALE = 4

@@ -237,7 +237,7 @@ def run_demo(models: Sequence[str], output_dir: str | Path, *, family: str = "ou
              progress: bool = False) -> dict[str, Any]:
     """``style-attr demo`` / ``eval-toy``: evaluate each toy, write ``table.md``, ``results.json`` and λ-sweep strips.
 
-    ``quick``: toy-unet only (unless models are given), 8 scenes, λ ∈ {0, 0.4, 0.8, 1.2}, 4 inversion scenes.
+    ``quick``: 8 scenes, λ ∈ {0, 0.4, 0.8, 1.2}, 4 inversion scenes.
     """
     from flowcore.io import atomic_write, save_result, write_json
 

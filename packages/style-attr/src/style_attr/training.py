@@ -341,6 +341,7 @@ def train_attribute_net(config: TrainConfig, *, model: Any = None, dataset: Styl
         from flowcore.io import write_json
 
         write_json(out / "train_summary.json", {**summary, "config": asdict(config)})
+    accelerator.wait_for_everyone()  # no rank exits while rank 0 still writes (an early exit can abort gloo)
     return summary
 
 
@@ -479,6 +480,7 @@ def train_controlnet(config: ControlNetTrainConfig, *, model: Any = None) -> dic
     if accelerator.is_main_process:
         accelerator.unwrap_model(objective).controlnet.save_pretrained(str(out), safe_serialization=True)
         write_json(out / "train_summary.json", {**summary, "config": asdict(config)})
+    accelerator.wait_for_everyone()  # no rank exits while rank 0 still writes (an early exit can abort gloo)
     return summary
 
 
