@@ -165,7 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
                            "the §6 evaluation of networks you trained (--attr per --model)")
         p.add_argument("--family", default="outline", help="filter family (default outline)")
         p.add_argument("--scenes", type=int, default=64, help="held-out scenes (default 64)")
-        p.add_argument("--quick", action="store_true", help="toy-sd3, 8 scenes, λ ∈ {0, 0.4, 0.8, 1.2} (≤ 4 min)")
+        p.add_argument("--quick", action="store_true",
+                       help="toy-sd3, 4 scenes, λ ∈ {0, 0.4, 0.8, 1.2}, 2 inversion scenes (≤ 3 min)")
         if name == "eval-toy":
             p.add_argument("--attr", action="append", type=Path, help="trained network folder, one per --model")
             p.add_argument("--baseline", action="append", type=Path, help="prompt-level baseline folder per --model")

@@ -237,19 +237,19 @@ def run_demo(models: Sequence[str], output_dir: str | Path, *, family: str = "ou
              progress: bool = False) -> dict[str, Any]:
     """``style-attr demo`` / ``eval-toy``: evaluate each toy, write ``table.md``, ``results.json`` and λ-sweep strips.
 
-    ``quick``: 8 scenes, λ ∈ {0, 0.4, 0.8, 1.2}, 4 inversion scenes.
+    ``quick``: 4 scenes, λ ∈ {0, 0.4, 0.8, 1.2}, 2 inversion scenes.
     """
     from flowcore.io import atomic_write, save_result, write_json
 
     out = Path(output_dir)
     lams = QUICK_GRID if quick else FULL_GRID
-    n_scenes = min(scenes, 8) if quick else scenes
+    n_scenes = min(scenes, 4) if quick else scenes
     results = []
     for k, name in enumerate(models):
         net = attrs[k] if attrs and k < len(attrs) else None
         base = baselines[k] if baselines and k < len(baselines) else None
         res = evaluate_toy(name, net, family=family, scenes=n_scenes, lams=lams, seed=seed, baseline=base,
-                           inversion_scenes=4 if quick else 16, device=device, progress=progress)
+                           inversion_scenes=2 if quick else 16, device=device, progress=progress)
         strips = res.pop("strips")
         save_result(out / f"{name}-{family}-sweep", torch.cat(strips, dim=-2)[None] if strips else None,
                     {"model": name, "family": family, "lams": lams, "seed": seed, "package": "style-attr",
