@@ -79,7 +79,12 @@ def test_demo_quick_mechanics_on_random_toy(tmp_path):
     assert report["flop_crosscheck"]["equal"]
     paths = write_report(report, tmp_path)
     assert (tmp_path / "demo.md").read_text().startswith("| method")
-    assert len(paths) == 2
+    assert len(paths) == 3 and "_gallery_images" not in report
+    from PIL import Image
+
+    with Image.open(tmp_path / "grid.png") as grid:  # one pair: source, target, full-50, SpecEdit, fine cells
+        assert grid.size == (5 * 32, 32)
+    assert report["gallery"]["columns"][3] == "SpecEdit" and len(report["gallery"]["pairs"]) == 1
 
 
 @pytest.mark.slow

@@ -131,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="the toy-world demonstration (spec §6)",
                           description="Full-50 vs SpecEdit at 30/18/11/9 NFE vs plain reduction on toy-kontext edit "
-                                      "pairs, judged; writes demo.json and demo.md. --quick is the CI smoke run.")
+                                      "pairs, judged; writes demo.json, demo.md and grid.png. --quick is the CI smoke run.")
     _common(demo)
     demo.add_argument("--pairs", type=int, default=512, help="edit pairs (default 512)")
     demo.add_argument("--split", default="test", help="toy split: val (dev) or test (default test)")

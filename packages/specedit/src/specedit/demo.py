@@ -36,6 +36,8 @@ BASELINE_STEPS = 50
 NFES = (30, 18, 11, 9)
 GUIDANCE = 2.5
 SIZE = 32
+GALLERY_PAIRS = 6  # pairs shown in grid.png
+GALLERY_COLUMNS = ("source", "exact target", "full-50", "SpecEdit", "fine cells")
 
 
 @dataclass
@@ -201,6 +203,7 @@ def run_demo(settings: DemoSettings, *, bundle: Any = None, progress: Callable |
         results.setdefault(name, []).append((bool(res.success), float(res.bg_psnr)))
 
     injected_equal = None
+    gallery: list[torch.Tensor] = []
     for index in wrap(range(len(pairs)), desc="pairs"):
         pair, seed = pairs[index], seeds[index]
         timed = index < timing
@@ -213,6 +216,8 @@ def run_demo(settings: DemoSettings, *, bundle: Any = None, progress: Callable |
         mask = first.stats.fine_cells
         masks.append(mask)
         mask_stats.append(first.stats)
+        if index < GALLERY_PAIRS:
+            gallery.append(_gallery_row(pair, base.image, first.image, mask))
         for nfe in settings.nfes:
             if nfe == settings.nfes[0]:
                 spec = first
@@ -324,7 +329,17 @@ def run_demo(settings: DemoSettings, *, bundle: Any = None, progress: Callable |
         "wall_time_s": round(time.perf_counter() - started, 1),
     }
     report["acceptance"] = acceptance(report) if not settings.quick else {"note": "quick run: mechanics only"}
+    report["gallery"] = {"columns": list(GALLERY_COLUMNS), "nfe": settings.nfes[0],
+                         "pairs": [pairs[i].instruction for i in range(len(gallery))]}
+    report["_gallery_images"] = torch.stack(gallery) if gallery else None  # not JSON; write_report saves it
     return report
+
+
+def _gallery_row(pair: Any, baseline: torch.Tensor, spec: torch.Tensor, fine_cells: torch.Tensor) -> torch.Tensor:
+    """``(5, 3, S, S)``: source, exact target, full-50, SpecEdit, and its fine cells (white) upsampled."""
+    cells = fine_cells.float()[None, None]
+    cells = torch.nn.functional.interpolate(cells, size=tuple(baseline.shape[-2:]), mode="nearest")[0]
+    return torch.stack([pair.source_image, pair.target_image, baseline.cpu(), spec.cpu(), cells.expand(3, -1, -1)])
 
 
 def _predicted_calls(config: SpecEditConfig, stats: SpecEditStats, nfe: int) -> list[tuple[int, int, int]]:
@@ -410,7 +425,15 @@ def write_report(report: dict[str, Any], out_dir: Path) -> list[Path]:
     from flowcore.io import atomic_write, write_json
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    images = report.pop("_gallery_images", None)
     paths = [write_json(out_dir / "demo.json", report)]
+    if images is not None:  # rows: pairs; columns: GALLERY_COLUMNS
+        from PIL import Image
+
+        n, k, _, s, _ = images.shape
+        grid = images.clamp(0, 1).permute(0, 3, 1, 4, 2).reshape(n * s, k * s, 3)
+        picture = Image.fromarray((grid.numpy() * 255).round().astype(np.uint8))
+        paths.append(atomic_write(out_dir / "grid.png", lambda tmp: picture.save(tmp, format="PNG")))
     cols = ["method", "steps", "success_%", "diff_pts", "ci95_pts", "bg_psnr_db", "median_wall_ms", "wall_ratio",
             "flop_ratio", "rho_mean", "recall"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
