@@ -27,6 +27,7 @@ def run_flowcore(model, *, scale, guidance=None, sigmas=None, reference=None, se
 def assert_close(ours, ref, tol=1e-5):
     assert ours.shape == ref.shape
     err = (ours.float() - ref.float()).abs().max().item()
+    print(f"max abs difference vs the stock pipeline: {err:.3g}")
     assert err <= tol, f"max abs difference {err:.3g} > {tol}"
 
 
