@@ -25,6 +25,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from flowcore._seeding import seeded_init as _seeded
+
 __all__ = [
     "PIPELINE_KINDS",
     "CallCounter",
@@ -52,14 +54,6 @@ PIPELINE_KINDS = (
 _CLIP_WIDTH = 32
 _T5_WIDTH = 64
 _QWEN_WIDTH = 16
-
-
-@contextlib.contextmanager
-def _seeded(seed: int) -> Iterator[None]:
-    """Seed the CPU RNG for module construction and restore the caller's RNG state afterwards."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield
 
 
 def _build(cls, defaults: dict, overrides: dict, seed: int):

@@ -30,6 +30,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
 from torch import Tensor, nn
 
+from flowcore._seeding import seeded_init
 from flowcore.toy.constants import EOS_ID, MAX_TOKENS, PAD_ID, VOCAB_SIZE
 
 __all__ = [
@@ -129,14 +130,6 @@ def model_config(part: str, preset: str = "full") -> dict[str, Any]:
     if part not in configs:
         raise ValueError(f"unknown model part {part!r}; use one of {list(configs)}")
     return copy.deepcopy(configs[part])
-
-
-@contextlib.contextmanager
-def seeded_init(seed: int) -> Iterator[None]:
-    """Deterministic module initialisation that leaves the caller's global RNG state untouched."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield
 
 
 @contextlib.contextmanager
