@@ -116,12 +116,30 @@ class Orchestrator:
             "--time-budget", f"{max(1.0, deadline - time.time()):.1f}", "--resume", "auto",
             *([] if job.recipe == "toy-clip" else ["--clip-from", self.clip_source()]), *from_run,
         ]
+        cmd += self._warm_start_flags(job)
         if self.args.batch_mult != 1:
             cmd += ["--batch-mult", str(self.args.batch_mult)]
         cmd += ["--steps-mult", str(self.args.max_sample_mult)]
         if self.args.device.startswith("cuda"):
             cmd += ["--data-workers", str(self.args.data_workers)]
         return cmd
+
+    def _warm_start_flags(self, job: Job) -> list[str]:
+        """Continued training (``--warm-root``): each trainer starts from the shipped weights of its part, phase A
+        from ``--warm-teacher``; phase B is always re-distilled from this run's phase A."""
+        root = self.args.warm_root
+        if not root:
+            return []
+        bundle = {"toy-sd3": "toy-sd3", "toy-unet": "toy-unet", "toy-unet-controlnet": "toy-unet",
+                  "toy-unet-ip-adapter": "toy-unet"}
+        if job.recipe == "toy-kontext-a" and self.args.warm_teacher:
+            return ["--warm-start", str(Path(self.args.warm_teacher).resolve())]
+        if job.recipe not in bundle:
+            return []
+        flags = ["--warm-start", str(Path(root).resolve() / bundle[job.recipe])]
+        if job.recipe not in ("toy-unet", "toy-sd3"):  # the adapters are already fitted: a short warm-up
+            flags += ["--warmup", "50"]
+        return flags
 
     def launch(self, job: Job) -> None:
         deadline = self.slot_end.get(job.recipe, self.window_end)
@@ -402,6 +420,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clip-from", default="auto", help="toy-clip towers for every trainer (see train --help)")
     parser.add_argument("--clip-first-s", type=float, default=0.0,
                         help="train toy-clip on the device first for this many seconds (0: read --clip-from)")
+    parser.add_argument("--warm-root", default=None,
+                        help="continue from trained weights: a weights root (e.g. shared/src/flowcore/toy/weights)")
+    parser.add_argument("--warm-teacher", default=None,
+                        help="with --warm-root: the toy-kontext phase-A weights folder phase A continues from")
     parser.add_argument("--data-workers", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip", action="append", default=[], choices=JOBS, help="leave a recipe out")
