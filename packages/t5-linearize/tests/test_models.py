@@ -129,6 +129,19 @@ def test_flux_ids_that_are_not_a_grid_disable_the_conv_with_a_warning():
     assert layout.segments[1].grid is None and layout.kernel_segments() == ()
 
 
+
+def test_flux_ids_on_a_strided_half_integer_grid_keep_their_grid():
+    # specedit's coarse-only calls: a 3×4 coarse grid at positions (2I + ½, 2J + ½) of the fine frame
+    inputs = flux_inputs(grid=(3, 4), n_text=5)
+    ids = inputs["img_ids"].clone()
+    ids[:, 1:] = ids[:, 1:] * 2 + 0.5
+    layout = flux_layout(inputs["txt_ids"], ids)
+    assert [(s.role, s.length, s.grid) for s in layout.segments] == [("text", 5, None), ("target", 12, (3, 4))]
+    # fine tokens followed by coarse ones (a mixed call) are no lattice: the conv goes, with the warning
+    mixed = torch.cat([ids[:4], inputs["img_ids"][:8]])
+    with pytest.warns(RuntimeWarning, match="not a full row-major grid"):
+        assert flux_layout(inputs["txt_ids"], mixed).segments[1].grid is None
+
 # --- test 15 --------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("family", ["sd3", "flux"])
 def test_one_training_step_reaches_every_parameter(family):

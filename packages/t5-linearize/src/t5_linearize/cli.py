@@ -90,8 +90,12 @@ def _finetune_parser(sub) -> None:
     p.add_argument("--softmax-baseline", action="store_true",
                    help="fine-tune --model's own (unconverted) transformer with the same recipe")
     p.add_argument("--data", default="toy",
-                   help="'toy' (fresh toy scenes), 'self' (samples of the base model for --prompts-file) or a "
-                        "folder with metadata.jsonl")
+                   help="'toy' (fresh toy scenes), 'toy-edits' (toy instruction edits, for toy-kontext: the source "
+                        "image goes in as the reference), 'self' (samples of the base model for --prompts-file) or "
+                        "a folder with metadata.jsonl")
+    p.add_argument("--guidance", type=float, default=None,
+                   help="embedded guidance passed to guidance-distilled FLUX-family models (default: 2.5 with "
+                        "--data toy-edits, else 1.0)")
     p.add_argument("--prompts-file", type=Path, default=None, help="--data self: one prompt per line")
     p.add_argument("--steps", type=int, default=3000, help="optimisation steps (default: 3000)")
     p.add_argument("--batch-size", type=int, default=32, help="global batch size (default: 32)")
@@ -234,7 +238,7 @@ def cmd_convert(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_finetune(args: argparse.Namespace) -> dict[str, Any]:
     from t5_linearize.models import T5FluxTransformer2DModel, T5SD3Transformer2DModel
-    from t5_linearize.training import FinetuneConfig, ImageFolderData, ToySceneData, finetune
+    from t5_linearize.training import FinetuneConfig, ImageFolderData, ToyEditData, ToySceneData, finetune
 
     if args.softmax_baseline == (args.transformer is not None):
         raise ValueError("give exactly one of --transformer DIR (a linearized model) or --softmax-baseline")
@@ -254,6 +258,10 @@ def cmd_finetune(args: argparse.Namespace) -> dict[str, Any]:
     teacher = copy.deepcopy(adapter.denoiser) if args.distill_weight > 0 else None
     if args.data == "toy":
         data = ToySceneData(adapter, seed=args.seed)
+    elif args.data == "toy-edits":
+        if adapter.__class__.__name__ != "FluxKontextModel":
+            raise ValueError(f"--data toy-edits trains an edit model: use --model toy-kontext (got {args.model})")
+        data = ToyEditData(adapter, seed=args.seed)
     elif args.data == "self":
         if args.prompts_file is None:
             raise ValueError("--data self needs --prompts-file (one prompt per line)")
@@ -272,6 +280,7 @@ def cmd_finetune(args: argparse.Namespace) -> dict[str, Any]:
         gradient_checkpointing=args.grad_checkpointing, seed=args.seed, log_every=args.log_every,
         save_every=args.save_every, snapshot_steps=tuple(args.snapshot_steps), output_dir=str(args.output_dir),
         resume=args.resume, device="cpu" if device.type == "cpu" else "auto",
+        guidance=args.guidance if args.guidance is not None else (2.5 if args.data == "toy-edits" else 1.0),
     )
     del dtype
     result = finetune(model, data, config, teacher=teacher, adapter=adapter)

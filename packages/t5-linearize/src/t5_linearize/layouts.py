@@ -2,7 +2,9 @@
 
 SD3 and FLUX layouts come from flowcore's ``TokenLayout.from_sd3`` / ``TokenLayout.from_flux_ids``; this module only
 adds the FLUX fallback the spec asks for: an image segment whose ids do not form a full row-major grid keeps its
-rows but loses its grid (so the locality conv is skipped for it), with one warning.
+rows but loses its grid (so the locality conv is skipped for it), with one warning. A uniformly *strided* row-major
+grid (specedit's coarse-only calls put an 8×8 coarse grid at half-integer positions 2I+½, 2J+½) keeps its
+(rows, cols) grid: its conv neighbours are the adjacent coarse tokens (our choice; the spec disables the conv).
 """
 
 from __future__ import annotations
@@ -63,15 +65,29 @@ def _layout_without_bad_grids(txt: Tensor, img: Tensor) -> TokenLayout:
         role = "target" if len(segments) == (1 if n_text else 0) else "reference"
         length = stop - start
         rows, cols = img[start:stop, 1], img[start:stop, 2]
-        grid = (int(rows.max() - rows.min()) + 1, int(cols.max() - cols.min()) + 1)
-        candidate = TokenSegment(role, pos, length, grid if grid[0] * grid[1] == length else None)
-        if candidate.grid is None or not _row_major(img, candidate, n_text):
-            _warn_once(role, length, grid)
-            candidate = TokenSegment(role, pos, length, None)
-        segments.append(candidate)
+        grid = _strided_grid(rows, cols)
+        if grid is None:
+            _warn_once(role, length, (int(rows.max() - rows.min()) + 1, int(cols.max() - cols.min()) + 1))
+        segments.append(TokenSegment(role, pos, length, grid))
         pos += length
         start = stop
     return TokenLayout(tuple(segments))
+
+
+def _strided_grid(rows: Tensor, cols: Tensor) -> tuple[int, int] | None:
+    """(h, w) when the ids run row-major over an evenly spaced h×w lattice (any spacing), else None."""
+    row_values, col_values = torch.unique(rows), torch.unique(cols)
+    h, w = int(row_values.numel()), int(col_values.numel())
+    if h * w != rows.numel() or not (_evenly_spaced(row_values) and _evenly_spaced(col_values)):
+        return None
+    index = torch.arange(rows.numel(), device=rows.device)
+    ok = torch.equal(rows, row_values[index // w]) and torch.equal(cols, col_values[index % w])
+    return (h, w) if ok else None
+
+
+def _evenly_spaced(values: Tensor) -> bool:
+    steps = values.diff()
+    return steps.numel() == 0 or bool(torch.allclose(steps, steps[:1].expand_as(steps)))
 
 
 def _warn_once(role: str, length: int, grid: tuple[int, int]) -> None:

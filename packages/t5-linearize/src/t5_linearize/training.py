@@ -35,6 +35,7 @@ __all__ = [
     "FinetuneResult",
     "ImageFolderData",
     "TensorData",
+    "ToyEditData",
     "ToySceneData",
     "TrainingData",
     "finetune",
@@ -175,6 +176,29 @@ class ToySceneData(TrainingData):
 
     def describe(self):
         return {"kind": "toy-scenes", "seed": self.seed, "split": self.split, "captions": self.captions}
+
+
+class ToyEditData(TrainingData):
+    """Toy instruction edits for Kontext-family students (``flowcore.toy.sample_training_edit``: the seven kinds plus
+    5 % identity pairs): the target image is the clean latent, the instruction the prompt, and the source image's
+    latent goes in ``cond.extra["reference"]``, which the training step passes on as ``reference=`` (the Kontext
+    reference tokens)."""
+
+    def __init__(self, adapter: FlowModel | None = None, *, seed: int = 0, split: str = "train"):
+        self.adapter, self.seed, self.split = adapter, seed, split
+
+    def load(self, indices, adapter):
+        from flowcore.toy.edits import sample_training_edit
+
+        pairs = [sample_training_edit(self.seed, int(i), self.split) for i in indices]
+        target = torch.stack([p.target_image for p in pairs]).float().to(adapter.device)
+        source = torch.stack([p.source_image for p in pairs]).float().to(adapter.device)
+        cond = adapter.encode_prompt([p.instruction for p in pairs])
+        cond.extra = {**cond.extra, "reference": adapter.encode_image(source)}
+        return adapter.encode_image(target), cond
+
+    def describe(self):
+        return {"kind": "toy-edits", "seed": self.seed, "split": self.split}
 
 
 class ImageFolderData(TrainingData):
@@ -530,6 +554,8 @@ class _Loop:
         xt = (1 - s) * x0 + s * noise
         timestep = sigma * _train_timesteps(self.student)
         kwargs = {"guidance": cfg.guidance} if self.student.guidance_kind == "embedded" else {}
+        if "reference" in cond.extra:  # Kontext edits (ToyEditData): the source latent as reference tokens
+            kwargs["reference"] = cond.extra["reference"].to(acc.device)
         with acc.autocast():
             pred = self.student.predict(xt, timestep, cond, **kwargs).float()
         flow = F.mse_loss(pred, noise - x0)
