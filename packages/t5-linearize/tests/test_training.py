@@ -159,3 +159,23 @@ def test_self_generated_data_trains(tmp_path):
     student = linearize(copy.deepcopy(bundle.denoiser), generator=torch.Generator().manual_seed(0))
     result = finetune(student, data, _config(tmp_path, steps=2, batch_size=2), adapter=adapter)
     assert len(result.losses) == 2
+
+
+def test_toy_edit_data_sends_the_source_image_as_the_kontext_reference(tmp_path):
+    from flowcore.toy import build
+    from flowcore.toy.edits import sample_training_edit
+    from t5_linearize.training import ToyEditData
+
+    adapter = build("toy-kontext", preset="ci", random_init=True, seed=0).adapter()
+    data = ToyEditData(adapter, seed=3)
+    x0, cond = data.load([0, 1, 2], adapter)
+    pairs = [sample_training_edit(3, i) for i in range(3)]
+    assert torch.equal(x0, adapter.encode_image(torch.stack([p.target_image for p in pairs]).float()))
+    assert torch.equal(cond.extra["reference"], adapter.encode_image(torch.stack([p.source_image for p in pairs])))
+    assert cond.prompts is None or list(cond.prompts) == [p.instruction for p in pairs]
+
+    seen = []
+    student = linearize(adapter.denoiser, generator=torch.Generator().manual_seed(0))
+    student.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["hidden_states"].shape[1]), with_kwargs=True)
+    finetune(student, data, _config(tmp_path, steps=1, batch_size=2, guidance=2.5), adapter=adapter)
+    assert seen == [2 * x0.shape[1]], "the student must see target + reference tokens"
