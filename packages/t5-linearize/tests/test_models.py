@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -18,7 +19,7 @@ from t5_linearize import (
     linearize,
     param_groups,
 )
-from t5_linearize.layouts import flux_layout
+from t5_linearize.layouts import MixedTokenLayout, flux_layout
 from t5_linearize.modules import new_parameter_count
 from t5_linearize.processors import TTTFluxAttnProcessor, TTTJointAttnProcessor
 
@@ -123,10 +124,16 @@ def test_flux_layout_from_ids_with_a_kontext_reference():
 def test_flux_ids_that_are_not_a_grid_disable_the_conv_with_a_warning():
     inputs = flux_inputs(grid=(4, 6), n_text=5)
     ids = inputs["img_ids"].clone()
-    ids[[0, 1]] = ids[[1, 0]]  # not row-major any more
+    ids[1] = ids[0]  # two tokens on one cell, one cell uncovered: neither a grid nor a tiling
     with pytest.warns(RuntimeWarning, match="not a full row-major grid"):
         layout = flux_layout(inputs["txt_ids"], ids)
     assert layout.segments[1].grid is None and layout.kernel_segments() == ()
+    assert getattr(layout, "scattered", ()) == ()
+    # a permuted grid is no row-major grid but still a tiling: the conv stays, on the permuted canvas
+    swapped = inputs["img_ids"].clone()
+    swapped[[0, 1]] = swapped[[1, 0]]
+    (seg,) = flux_layout(inputs["txt_ids"], swapped).scattered
+    assert seg.canvas == (4, 6) and seg.cover[:3].tolist() == [1, 0, 2]
 
 
 
@@ -137,10 +144,34 @@ def test_flux_ids_on_a_strided_half_integer_grid_keep_their_grid():
     ids[:, 1:] = ids[:, 1:] * 2 + 0.5
     layout = flux_layout(inputs["txt_ids"], ids)
     assert [(s.role, s.length, s.grid) for s in layout.segments] == [("text", 5, None), ("target", 12, (3, 4))]
-    # fine tokens followed by coarse ones (a mixed call) are no lattice: the conv goes, with the warning
-    mixed = torch.cat([ids[:4], inputs["img_ids"][:8]])
+    # overlapping fine and coarse tokens tile nothing: the conv goes, with the warning
+    overlap = torch.cat([ids[:4], inputs["img_ids"][:8]])
     with pytest.warns(RuntimeWarning, match="not a full row-major grid"):
-        assert flux_layout(inputs["txt_ids"], mixed).segments[1].grid is None
+        assert flux_layout(inputs["txt_ids"], overlap).segments[1].grid is None
+
+
+def test_flux_ids_of_a_mixed_resolution_tiling_keep_the_conv_on_its_canvas():
+    # specedit's mixed call on a 4×4 fine grid: fine tokens of the right half, then 2 coarse tokens (2I+½, 2J+½)
+    inputs = flux_inputs(grid=(4, 4), n_text=5)
+    img = inputs["img_ids"]
+    fine = img[(img[:, 2] >= 2)]
+    coarse = torch.tensor([[0.0, 0.5, 0.5], [0.0, 2.5, 0.5]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        layout = flux_layout(inputs["txt_ids"], torch.cat([fine, coarse]))
+    assert isinstance(layout, MixedTokenLayout) and layout.segments[1].grid is None
+    (seg,) = layout.scattered
+    assert (seg.start, seg.length, seg.canvas) == (5, 10, (4, 4))
+    expected = torch.tensor([8, 8, 0, 1, 8, 8, 2, 3, 9, 9, 4, 5, 9, 9, 6, 7])
+    assert torch.equal(seg.cover, expected)
+    # and the TTT module uses it: its q̃ rows differ from a run where the conv is dropped for the segment
+    model = _convert(make_flux())
+    proc = model.attn_processors["single_transformer_blocks.0.attn.processor"]
+    torch.nn.init.normal_(proc.ttt.q_conv.weight)
+    q = torch.randn(1, 15, 4, 32)
+    with_conv, _ = proc.ttt.prepare(q, q, layout.kernel_segments(), layout.scattered)
+    without, _ = proc.ttt.prepare(q, q, layout.kernel_segments())
+    assert torch.equal(with_conv[:, :5], without[:, :5]) and not torch.allclose(with_conv[:, 5:], without[:, 5:])
 
 # --- test 15 --------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("family", ["sd3", "flux"])

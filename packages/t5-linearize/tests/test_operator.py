@@ -238,3 +238,29 @@ def test_linear_operator_matches_its_formula():
             z = phi_k[0, :, h].sum(0)
             expected = (phi_q[0, i, h] @ s) / (phi_q[0, i, h] @ z + 1e-6)
             torch.testing.assert_close(out[0, i, h * 4 : (h + 1) * 4], expected, rtol=0, atol=1e-12)
+
+
+def test_scattered_conv_on_a_tiling_matches_the_grid_conv_of_the_upsampled_field():
+    # a 4×6 fine field whose top-left 2×2 block is constant: as a tiling, that block is one coarse token
+    torch.manual_seed(0)
+    B, H, d, text = 2, 2, 3, 5
+    field = torch.randn(B, 4, 6, H, d)
+    field[:, 0:2, 0:2] = torch.randn(B, 1, 1, H, d)
+    weight, bias = torch.randn(H * d, 1, 3, 3), torch.randn(H * d)
+    fine = [(r, c) for r in range(4) for c in range(6) if not (r < 2 and c < 2)]
+    tokens = torch.stack([field[:, r, c] for r, c in fine] + [field[:, 0, 0]], dim=1)  # fine first, then coarse
+    x = torch.cat([torch.randn(B, text, H, d), tokens], dim=1)
+    cover = torch.empty(24, dtype=torch.long)
+    for i, (r, c) in enumerate(fine):
+        cover[r * 6 + c] = i
+    cover[[0, 1, 6, 7]] = len(fine)
+    out = ops.dwconv_residual_scattered(x, text, cover, (4, 6), weight, bias)
+    grid = ops.dwconv_residual(field.reshape(B, 24, H, d), [(0, 4, 6)], weight, bias).reshape(B, 4, 6, H, d)
+    assert torch.equal(out[:, :text], x[:, :text])  # text rows untouched
+    for i, (r, c) in enumerate(fine):
+        torch.testing.assert_close(out[:, text + i], grid[:, r, c])
+    torch.testing.assert_close(out[:, -1], grid[:, 0:2, 0:2].mean(dim=(1, 2)))
+    # an all-fine tiling is the plain grid conv
+    plain = torch.cat([x[:, :text], field.reshape(B, 24, H, d)], dim=1)
+    torch.testing.assert_close(ops.dwconv_residual_scattered(plain, text, torch.arange(24), (4, 6), weight, bias),
+                               ops.dwconv_residual(plain, [(text, 4, 6)], weight, bias))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -107,9 +108,11 @@ class TTTAttention(nn.Module):
         out_rows: tuple[int, int] | None = None,
         backend: str | None = None,
         return_state: bool = False,
+        scattered: Sequence[Any] = (),
     ) -> Tensor | tuple[Tensor, tuple[Tensor, ...]]:
         """q, k, v: [B, N, H, d]; ``segments``: image grids ``(start, h, w)`` (other rows are text); ``rope``: a
-        function applied to (q̃, k̃) after the locality module (FLUX); ``out_rows``: read out rows [a, b) only.
+        function applied to (q̃, k̃) after the locality module (FLUX); ``out_rows``: read out rows [a, b) only;
+        ``scattered``: grid-less image segments that tile a canvas (``layouts.ScatteredSegment``), convolved there.
         Returns [B, N_out, C] in q's dtype; with ``return_state`` also the updated fast weights W' (one
         [B, H, d, d] fp32 tensor per weight; empty for ``operator="linear"``)."""
         cfg = self.config
@@ -120,10 +123,10 @@ class TTTAttention(nn.Module):
         with torch.autocast(q.device.type, enabled=False):
             q, k = self._affine(q, k)
             raw_q, raw_k = q, k
-            if cfg.kernel_compatible and rope is None:
+            if cfg.kernel_compatible and rope is None and not scattered:
                 out, state = self._fused(q, k, v, segments, out_rows, backend, prepared=False)
             else:
-                qt, kt = self.prepare(q, k, segments)
+                qt, kt = self.prepare(q, k, segments, scattered)
                 if rope is not None:
                     qt, kt = rope(qt, kt)
                 if cfg.kernel_compatible:
@@ -144,8 +147,10 @@ class TTTAttention(nn.Module):
         return (q * self.q_scale.view(shape) + self.q_shift.view(shape),
                 k * self.k_scale.view(shape) + self.k_shift.view(shape))
 
-    def prepare(self, q: Tensor, k: Tensor, segments: Sequence[tuple[int, int, int]]) -> tuple[Tensor, Tensor]:
-        """Steps 2–3 in torch: q̃ = q + DW_q(q), k̃ = k̂ + DW_k(k̂) with k̂ the key instance norm (compute dtype)."""
+    def prepare(self, q: Tensor, k: Tensor, segments: Sequence[tuple[int, int, int]],
+                scattered: Sequence[Any] = ()) -> tuple[Tensor, Tensor]:
+        """Steps 2–3 in torch: q̃ = q + DW_q(q), k̃ = k̂ + DW_k(k̂) with k̂ the key instance norm (compute dtype);
+        ``scattered`` segments are convolved on the canvas their tokens tile."""
         cfg = self.config
         dtype = ops.compute_dtype(q.dtype)
         q, k = q.to(dtype), k.to(dtype)
@@ -154,6 +159,9 @@ class TTTAttention(nn.Module):
         if cfg.locality and segments:
             q = ops.dwconv_residual(q, segments, self.q_conv.weight, self.q_conv.bias)
             k = ops.dwconv_residual(k, segments, self.k_conv.weight, self.k_conv.bias)
+        for seg in scattered if cfg.locality else ():
+            q = ops.dwconv_residual_scattered(q, seg.start, seg.cover, seg.canvas, self.q_conv.weight, self.q_conv.bias)
+            k = ops.dwconv_residual_scattered(k, seg.start, seg.cover, seg.canvas, self.k_conv.weight, self.k_conv.bias)
         return q, k
 
     def _torch(self, qt: Tensor, kt: Tensor, v: Tensor, out_rows: tuple[int, int] | None

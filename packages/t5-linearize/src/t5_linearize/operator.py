@@ -20,6 +20,7 @@ from torch import Tensor
 
 __all__ = [
     "dwconv_residual",
+    "dwconv_residual_scattered",
     "inner_forward",
     "inner_gradients",
     "inner_loss",
@@ -103,6 +104,32 @@ def dwconv_residual(x: Tensor, segments: Segments, weight: Tensor, bias: Tensor 
     if row < N:
         pieces.append(flat[:, row:])
     return torch.cat(pieces, dim=1).reshape(B, N, H, d)
+
+
+def dwconv_residual_scattered(x: Tensor, start: int, cover: Tensor, canvas: tuple[int, int], weight: Tensor,
+                              bias: Tensor | None) -> Tensor:
+    """x + DW(x) for one segment of tokens that tile a fine canvas with squares of different sizes (specedit's
+    mixed-resolution sequences: fine tokens cover one cell, coarse tokens a 2×2 block).
+
+    ``cover``: [h·w] long, the segment-relative token that covers each canvas cell (row-major). The conv runs on
+    the canvas filled with each token's value (a coarse token is repeated over its block, i.e. nearest
+    upsampling) and every token gets the mean of DW over its cells; on a plain grid this is ``dwconv_residual``.
+    x: [B, N, H, d] → [B, N, H, d].
+    """
+    B, N, H, d = x.shape
+    C = H * d
+    h, w = canvas
+    flat = x.reshape(B, N, C)
+    cover = cover.to(x.device)
+    n = int(cover.max()) + 1
+    rows = flat[:, start : start + n]
+    grid = rows[:, cover].transpose(1, 2).reshape(B, C, h, w)
+    conv = F.conv2d(grid, weight.to(x.dtype), None if bias is None else bias.to(x.dtype),
+                    padding=weight.shape[-1] // 2, groups=C).reshape(B, C, h * w).transpose(1, 2)
+    counts = torch.bincount(cover, minlength=n).to(x.dtype)
+    per_token = torch.zeros(B, n, C, dtype=x.dtype, device=x.device).index_add(1, cover, conv) / counts[:, None]
+    out = torch.cat([flat[:, :start], rows + per_token, flat[:, start + n :]], dim=1)
+    return out.reshape(B, N, H, d)
 
 
 # --- steps 5-7: the inner model, its closed-form gradient, the read-out ----------------------------------------

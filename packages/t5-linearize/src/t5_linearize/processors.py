@@ -136,7 +136,8 @@ class TTTFluxAttnProcessor(_TTTSiteProcessor):
         if self.config.rope == "apply" and ctx.rope is not None:
             def rope(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
                 return self.apply_rope(a, b, ctx)
-        return self.ttt(q, k, v, layout.kernel_segments(), rope=rope, backend=self.backend)
+        return self.ttt(q, k, v, layout.kernel_segments(), rope=rope, backend=self.backend,
+                        scattered=getattr(layout, "scattered", ()))
 
 
 def processor_for(site: SiteInfo, config: LinearizeConfig) -> _TTTSiteProcessor:
