@@ -238,10 +238,20 @@ def b6_filters(repeats: int) -> dict[str, Any]:
 
 def run_benchmarks(output_dir: str | Path, *, device: str = "cpu", quick: bool = False,
                    only: list[str] | None = None) -> dict[str, Any]:
-    """Run B1–B6 (or ``only``), print the tables and write ``bench.json``; returns the summary."""
+    """Run B1–B6 (or ``only``), print the tables and write ``bench.json``; returns the summary. Random weights
+    and inputs are seeded inside ``fork_rng``: the caller's global RNG state is left as it was."""
     from flowcore.io import write_json
+    from style_attr.network import _seeded
 
-    torch.manual_seed(0)
+    with _seeded(0):
+        summary, want = _run_all(device, quick, only)
+    out = Path(output_dir)
+    write_json(out / "bench.json", summary)
+    return {"output": str(out / "bench.json"), "benchmarks": sorted(want),
+            "device": summary["device"].get("device")}
+
+
+def _run_all(device: str, quick: bool, only: list[str] | None) -> tuple[dict[str, Any], set[str]]:
     repeats = 3 if quick else 5
     steps = 6 if quick else 10
     want = {b.upper() for b in only} if only else {"B1", "B2", "B3", "B4", "B5", "B6"}
@@ -267,7 +277,4 @@ def run_benchmarks(output_dir: str | Path, *, device: str = "cpu", quick: bool =
     if "B6" in want and not device.startswith("cuda"):
         summary["results"]["B6 filters 512²"] = b6_filters(repeats)
         print(summary["results"]["B6 filters 512²"]["text"])
-    out = Path(output_dir)
-    write_json(out / "bench.json", summary)
-    return {"output": str(out / "bench.json"), "benchmarks": sorted(want),
-            "device": summary["device"].get("device")}
+    return summary, want
