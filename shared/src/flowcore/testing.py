@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from flowcore._seeding import seeded_init as _seeded
+from flowcore.seeding import seeded_init as _seeded
 
 __all__ = [
     "PIPELINE_KINDS",

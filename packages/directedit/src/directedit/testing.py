@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from flowcore.adapters import Conditioning, FlowModel, FluxKontextModel, FluxModel, SD3Model, UNetModel
+from flowcore.seeding import seeded_init
 
 __all__ = ["MLPFlowModel", "WordTokenizer", "hash_encoder", "tiny_flux_model", "tiny_sd3_model", "tiny_unet_model"]
 
@@ -136,8 +137,7 @@ def tiny_unet_model(*, dtype: torch.dtype = torch.float32, device: str = "cpu", 
 class _MLP(nn.Module):
     def __init__(self, dim: int, cond_dim: int, hidden: int, seed: int):
         super().__init__()
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with seeded_init(seed):
             self.net = nn.Sequential(nn.Linear(dim + cond_dim + 2, hidden), nn.Tanh(), nn.Linear(hidden, hidden),
                                      nn.Tanh(), nn.Linear(hidden, dim))
         self.config = SimpleNamespace(dim=dim, cond_dim=cond_dim, hidden=hidden)

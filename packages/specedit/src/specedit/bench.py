@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from flowcore.seeding import seeded_init
 from specedit.config import SpecEditConfig
 from specedit.families import Family, family_for
 from specedit.flops import PAPER_LATENCY, ArchSpec, _draft_grid, forward_flops
@@ -181,8 +182,7 @@ def mechanism_bench(*, repeats: int = 5, warmup: int = 2, threads: int | None = 
 
     if threads:
         torch.set_num_threads(threads)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
+    with seeded_init(0):
         model = FluxTransformer2DModel(patch_size=1, in_channels=64, num_layers=2, num_single_layers=4,
                                        attention_head_dim=64, num_attention_heads=4, joint_attention_dim=256,
                                        pooled_projection_dim=128, guidance_embeds=True,

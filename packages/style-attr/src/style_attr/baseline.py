@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from flowcore.adapters import Conditioning, ControlInput
 from flowcore.guidance import cfg, compose, gate
 from flowcore.sampling import sample as flow_sample
+from flowcore.seeding import seeded_init
 from style_attr.filters import AttributeSpec
 from style_attr.network import host_of
 
@@ -81,8 +82,7 @@ class PromptLevelBaseline(nn.Module):
 
     @classmethod
     def create(cls, controlnet: nn.Module, spec: AttributeSpec, *, seed: int = 0) -> PromptLevelBaseline:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with seeded_init(seed):
             return cls(_plain_copy(controlnet), spec, _text_width(controlnet))
 
     def freeze(self) -> None:

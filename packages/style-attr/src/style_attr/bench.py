@@ -20,6 +20,7 @@ import torch
 from flowcore.adapters import ControlInput
 from flowcore.bench import compare, count_flops, device_info
 from flowcore.sampling import step as flow_step
+from flowcore.seeding import seeded_init
 from style_attr.composition import (
     AttributeTerm,
     RowBlock,
@@ -241,9 +242,7 @@ def run_benchmarks(output_dir: str | Path, *, device: str = "cpu", quick: bool =
     """Run B1–B6 (or ``only``), print the tables and write ``bench.json``; returns the summary. Random weights
     and inputs are seeded inside ``fork_rng``: the caller's global RNG state is left as it was."""
     from flowcore.io import write_json
-    from style_attr.network import _seeded
-
-    with _seeded(0):
+    with seeded_init(0):
         summary, want = _run_all(device, quick, only)
     out = Path(output_dir)
     write_json(out / "bench.json", summary)

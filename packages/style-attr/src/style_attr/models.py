@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from flowcore.seeding import seeded_init
+
 __all__ = ["ASSET_NAMES", "DEFAULT_CFG", "DEFAULT_STEPS", "asset_path", "load_base", "sd3_controlnet_for"]
 
 TOY_MODELS = ("toy-unet", "toy-sd3")
@@ -128,7 +130,7 @@ def _load_toy(name: str, controlnet: Any, device: Any, dtype: torch.dtype, rando
         model.controlnet = _load_controlnet(str(controlnet), model, "cpu", torch.float32)
     elif not is_unet and need_controlnet:
         if random_init:
-            with _seeded(3):
+            with seeded_init(3):
                 model.controlnet = sd3_controlnet_for(model.denoiser)
         else:
             path = asset_path("toy-sd3-controlnet")
@@ -167,15 +169,3 @@ def wake_zero_outputs(controlnet: nn.Module, seed: int = 0, std: float = 0.05) -
     return controlnet
 
 
-class _seeded:
-    def __init__(self, seed: int):
-        self.seed = seed
-        self._fork: Any = None
-
-    def __enter__(self) -> None:
-        self._fork = torch.random.fork_rng(devices=[])
-        self._fork.__enter__()
-        torch.manual_seed(self.seed)
-
-    def __exit__(self, *exc: object) -> None:
-        self._fork.__exit__(*exc)

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from flowcore.seeding import seeded_init
 from style_attr.filters import AttributeSpec
 
 __all__ = [
@@ -336,14 +337,6 @@ def base_config_hash(controlnet: nn.Module) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-@contextlib.contextmanager
-def _seeded(seed: int) -> Iterator[None]:
-    """Seed module initialisation and leave the caller's global RNG state as it was."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield
-
-
 def _key(site: str) -> str:
     return site.removesuffix(".processor").replace(".", "__")
 
@@ -404,7 +397,7 @@ class AttributeControlNet(nn.Module):
         names = _resolve_sites(controlnet, sites)
         d = token_dim if token_dim is not None else token_width(controlnet)
         param = next(controlnet.parameters())
-        with _seeded(seed):
+        with seeded_init(seed):
             net = cls(controlnet, spec, name=name, sites=names, token_dim=d, tokens_per_param=tokens_per_param,
                       num_freqs=num_freqs, base_freq=base_freq, hidden_dim=hidden_dim)
         net.to(param.device)

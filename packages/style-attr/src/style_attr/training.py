@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from flowcore.adapters import Conditioning, ControlInput
+from flowcore.seeding import seeded_init
 from style_attr.dataset import StyleDataset
 from style_attr.losses import LossTerms, attribute_loss
 from style_attr.network import AttributeControlNet, TokenGroup, host_of
@@ -425,8 +426,7 @@ def train_controlnet(config: ControlNetTrainConfig, *, model: Any = None) -> dic
     if model.family != "rf":
         raise ValueError("train-controlnet builds SD3 ControlNets (toy-sd3, SD3.5-medium); toy-unet uses toyworld's")
     model.denoiser.requires_grad_(False)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)
+    with seeded_init(config.seed):
         controlnet = sd3_controlnet_for(model.denoiser, config.num_layers).to(accelerator.device)
     controlnet.train()
     model.controlnet = controlnet

@@ -23,12 +23,14 @@ import io
 import json
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+from flowcore.seeding import seeded_init
 
 __all__ = ["ceilings", "main_block", "main_layer", "main_transformer", "run_block", "run_layer", "run_transformer"]
 
@@ -215,14 +217,6 @@ def _device_label(device: torch.device) -> str:
     return f"cpu: {device_info()['cpu']} ({torch.get_num_threads()} threads)"
 
 
-@contextlib.contextmanager
-def _seeded(seed: int, device: torch.device | None = None) -> Iterator[None]:
-    """Seeded random weights inside ``fork_rng`` (the caller's CPU and CUDA RNG states are restored)."""
-    with torch.random.fork_rng(devices=[device] if device is not None and device.type == "cuda" else []):
-        torch.manual_seed(seed)
-        yield
-
-
 # --- B2: block -------------------------------------------------------------------------------------------------------
 def _block_pair(dual: bool, width: int, heads: int, head_dim: int, device: torch.device, dtype: torch.dtype):
     """(softmax block, TTT block) of a 2-layer SD3 transformer (block 0 is a full joint block), sharing weights."""
@@ -230,7 +224,7 @@ def _block_pair(dual: bool, width: int, heads: int, head_dim: int, device: torch
 
     from t5_linearize.models import linearize
 
-    with _seeded(0):  # random weights, without touching the caller's global RNG
+    with seeded_init(0):  # random weights, without touching the caller's global RNG
         base = SD3Transformer2DModel(
             sample_size=128, patch_size=2, in_channels=16, out_channels=16, num_layers=2,
             attention_head_dim=head_dim, num_attention_heads=heads, joint_attention_dim=width,
@@ -318,7 +312,7 @@ def _sdpa_backend(name: str):
 def _build_sd3(cfg: dict, device: torch.device, dtype: torch.dtype):
     from diffusers import SD3Transformer2DModel
 
-    with _seeded(0, device), torch.device(device):
+    with seeded_init(0, device), torch.device(device):
         model = SD3Transformer2DModel(**cfg)
     return model.to(dtype).eval().requires_grad_(False)
 

@@ -30,7 +30,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
 from torch import Tensor, nn
 
-from flowcore._seeding import seeded_init
+from flowcore.seeding import seeded_init
 from flowcore.toy.constants import EOS_ID, MAX_TOKENS, PAD_ID, VOCAB_SIZE
 
 __all__ = [
