@@ -134,3 +134,61 @@ def test_regulariser_step_is_flowcores_step(family):
     if family == "rf":  # the Euler update written out
         dt = (sched.sigmas[[p + 1 for p in points]] - sched.sigmas[points]).view(-1, 1, 1, 1)
         assert (mine - (z + dt * out)).abs().max() <= 1e-6
+
+
+def test_anchor_reference_adds_the_base_loss_of_the_reference_rows():
+    """With ``anchor_reference`` L_base averages the λ_k rows' and the λ = 0 rows' own base losses; L_reg is
+    unchanged."""
+    y_0, y_k, noise, o_k, o_0, a, s, a2, s2 = _example()
+    col = (-1, 1, 1, 1)
+    z_k, z_0 = a.view(col) * y_k + s.view(col) * noise, a.view(col) * y_0 + s.view(col) * noise
+    kw = dict(kind="eps", family="vp", beta=5.0, o_0=o_0, z_0=z_0, y_0=y_0, a_next=a2, s_next=s2)
+    plain = attribute_loss(o_k, y_k, z_k, noise, a, s, **kw)
+    anchored = attribute_loss(o_k, y_k, z_k, noise, a, s, anchor_reference=True, **kw)
+    want = 0.5 * (float(((o_k - noise) ** 2).mean()) + float(((o_0 - noise) ** 2).mean()))
+    assert abs(float(anchored.base) - want) <= 1e-6
+    assert float(anchored.reg) == float(plain.reg)
+    assert abs(float(anchored.total) - (want + 5.0 * float(plain.reg))) <= 1e-5
+
+
+@pytest.mark.parametrize("family", ["vp", "rf"])
+def test_the_reference_branch_learns_the_reference_only_when_anchored(family):
+    """The mechanism behind ``anchor_reference``: fit the λ = 0 branch's output o_0 alone (o_k fixed at its exact
+    target) with paired inputs. Anchored, its x0 prediction lands on y_0. Unanchored, only L_reg trains it, and its
+    L1 pull towards ẑ_0 = ẑ_k drives x0̂_0 past y_k (the attribute, amplified, at λ = 0)."""
+    g = torch.Generator().manual_seed(3)
+    y_0 = torch.rand(4, 3, 8, 8, generator=g)
+    y_k = y_0.clone()
+    y_k[:, :, 2:4, :] = 0.05  # a dark band: the "outline" the attribute adds
+    noise = torch.randn(4, 3, 8, 8, generator=g)
+    kind = "eps" if family == "vp" else "flow"
+    if family == "vp":
+        a, a2 = torch.full((4,), 0.7), torch.full((4,), 0.72)
+        s, s2 = (1 - a**2).sqrt(), (1 - a2**2).sqrt()
+    else:
+        s, s2 = torch.full((4,), 0.5), torch.full((4,), 0.5 - 1 / 28)
+        a, a2 = 1 - s, 1 - s2
+    col = (-1, 1, 1, 1)
+    z_k, z_0 = a.view(col) * y_k + s.view(col) * noise, a.view(col) * y_0 + s.view(col) * noise
+    o_k = training_target(y_k, noise, a, s, kind)
+    change = (y_k - y_0).flatten()
+
+    def fit(anchor: bool) -> torch.Tensor:
+        o_0 = training_target(y_0, noise, a, s, kind).clone().requires_grad_(True)  # start at the truth
+        opt = torch.optim.Adam([o_0], lr=0.02)
+        for _ in range(300):
+            opt.zero_grad()
+            attribute_loss(o_k, y_k, z_k, noise, a, s, kind=kind, family=family, beta=5.0, o_0=o_0, z_0=z_0,
+                           y_0=y_0, a_next=a2, s_next=s2, anchor_reference=anchor).total.backward()
+            opt.step()
+        o = o_0.detach()
+        x0 = (z_0 - s.view(col) * o) / a.view(col) if kind == "eps" else z_0 - s.view(col) * o
+        return (x0 - y_0).flatten()
+
+    anchored, free = fit(True), fit(False)
+    along = {name: float(torch.dot(x, change) / change.norm() ** 2) for name, x in (("anchored", anchored),
+                                                                                     ("free", free))}
+    # anchored: a small pull remains (w does not vanish where the targets differ); unanchored: x0̂_0 moves along the
+    # attribute's own change, and further than the change itself
+    assert along["anchored"] < 0.3 and along["free"] > 1.0
+    assert float(anchored.abs().max()) < 0.3 * float(change.abs().max())

@@ -96,6 +96,11 @@ def test_bad_training_config_is_a_clear_error(tmp_path):
         TrainConfig(data="x", output_dir="y", reg_weighting="cubic")
     with pytest.raises(ValueError, match="beta"):
         TrainConfig(data="x", output_dir="y", beta=-1)
+    with pytest.raises(ValueError, match="anchor_reference needs reg_input='paired'"):
+        TrainConfig(data="x", output_dir="y", reg_input="shared", anchor_reference=True)
+    # the anchor follows the regulariser input unless set
+    assert TrainConfig(data="x", output_dir="y").anchor_reference is True
+    assert TrainConfig(data="x", output_dir="y", reg_input="shared").anchor_reference is False
     from style_attr.dataset import DatasetError
 
     with pytest.raises(DatasetError, match="build-dataset"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 
 import pytest
 import torch
@@ -72,6 +73,15 @@ def test_resume_continues_exactly(tmp_path):
     a, b = straight.state_dict(), again.state_dict()
     assert all(torch.allclose(a[k], b[k], rtol=0, atol=1e-6) for k in a)
     assert len(result.losses) == 4
+
+
+def test_a_run_resumed_at_its_last_step_still_reports_its_timing(tmp_path):
+    # demo --train resumes finished runs and only evaluates: s/step comes from the log, not from this call.
+    adapter = tiny_adapter(make_sd3())
+    first = finetune(_student(), _data(), _config(tmp_path, steps=2, save_every=2), adapter=adapter)
+    again = finetune(_student(), _data(), _config(tmp_path, steps=2, save_every=2, resume="auto"), adapter=adapter)
+    assert again.resumed_from == 2 and again.losses == first.losses
+    assert math.isfinite(again.seconds_per_step) and again.seconds_per_step == first.seconds_per_step
 
 
 def test_softmax_baseline_uses_the_same_loop(tmp_path):

@@ -108,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="regulariser weighting (default elementwise)")
     p.add_argument("--reg-input", default="paired", choices=["paired", "shared"],
                    help="regulariser branch input: z_0 from the reference (paired) or z_k (shared)")
+    p.add_argument("--anchor-reference", action=argparse.BooleanOptionalAction, default=None,
+                   help="give the λ = 0 regulariser rows the base loss too (default: on with --reg-input paired; "
+                        "without it the λ = 0 branch learns the attribute backwards, see the README)")
     p.add_argument("--lr", type=float, help="AdamW learning rate (default 5e-4 toys, 1e-4 real models)")
     p.add_argument("--batch-size", type=int, default=32, help="global batch size over all processes (default 32)")
     p.add_argument("--grad-accum", type=int, default=1, help="gradient accumulation steps (default 1)")
@@ -267,6 +270,7 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
 
     config = TrainConfig(data=args.data, output_dir=str(args.output_dir), model=args.model, controlnet=args.controlnet,
                          steps=args.steps, beta=args.beta, reg_weighting=args.reg_weighting, reg_input=args.reg_input,
+                         anchor_reference=args.anchor_reference,
                          lr=args.lr, batch_size=args.batch_size, grad_accum=args.grad_accum,
                          mixed_precision=args.mixed_precision, gradient_checkpointing=args.gradient_checkpointing,
                          prompt_dropout=args.prompt_dropout, baseline=args.baseline, save_every=args.save_every,

@@ -53,6 +53,7 @@ class TrainConfig:
     beta: float = 5.0
     reg_weighting: str = "elementwise"
     reg_input: str = "paired"
+    anchor_reference: bool | None = None  # None: on with paired inputs (see losses.attribute_loss)
     reg_steps: int | None = None
     lr: float | None = None
     weight_decay: float = 0.01
@@ -84,6 +85,11 @@ class TrainConfig:
             raise ValueError(f"reg_weighting must be 'elementwise' or 'global', got {self.reg_weighting!r}")
         if self.reg_input not in ("paired", "shared"):
             raise ValueError(f"reg_input must be 'paired' or 'shared', got {self.reg_input!r}")
+        if self.anchor_reference is None:
+            self.anchor_reference = self.reg_input == "paired"
+        if self.anchor_reference and self.reg_input != "paired":
+            raise ValueError("anchor_reference needs reg_input='paired' (the λ = 0 rows' target is defined by y_0); "
+                             "drop --anchor-reference or use --reg-input paired")
         if self.baseline not in ("none", "prompt-level", "prompt-text"):
             raise ValueError(f"baseline must be none, prompt-level or prompt-text, got {self.baseline!r}")
         if self.steps < 0 or self.batch_size < 1 or self.grad_accum < 1:
@@ -197,7 +203,8 @@ class AttributeObjective(nn.Module):
             o_k, o_0 = out.chunk(2)
             return attribute_loss(o_k, y_k, z_k, noise, a, s, kind=model.prediction, family=model.family,
                                   beta=cfg.beta, o_0=o_0, z_0=z_0, y_0=y_0, a_next=draw.a_next.to(device),
-                                  s_next=draw.s_next.to(device), weighting=cfg.reg_weighting)
+                                  s_next=draw.s_next.to(device), weighting=cfg.reg_weighting,
+                                  anchor_reference=cfg.anchor_reference)
         o_k = self.predict(z_k, t, cond, edges, lam)
         return attribute_loss(o_k, y_k, z_k, noise, a, s, kind=model.prediction, family=model.family, beta=0.0)
 
@@ -348,7 +355,8 @@ def train_attribute_net(config: TrainConfig, *, model: Any = None, dataset: Styl
 
 def _training_summary(config: TrainConfig, dataset: StyleDataset) -> dict[str, Any]:
     return {"beta": config.beta, "steps": config.steps, "regulariser": {"weighting": config.reg_weighting,
-            "input": config.reg_input, "steps": config.reg_steps}, "lr": config.lr, "batch_size": config.batch_size,
+            "input": config.reg_input, "steps": config.reg_steps,
+            "anchor_reference": config.anchor_reference}, "lr": config.lr, "batch_size": config.batch_size,
             "grad_accum": config.grad_accum, "resolution": dataset.manifest.get("resolution"),
             "prompt_dropout": config.prompt_dropout, "dataset_manifest_sha256": dataset.manifest_sha256,
             "seed": config.seed, "baseline": config.baseline}

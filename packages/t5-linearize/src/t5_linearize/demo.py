@@ -149,7 +149,7 @@ def _train(name: str, model: nn.Module, bundle: Any, plan: ProtocolPlan, out_dir
 
     config = FinetuneConfig(
         steps=steps, batch_size=plan.batch_size, lr=plan.lr, new_lr_mult=10.0, weight_decay=0.0,
-        warmup_steps=plan.warmup_steps, grad_clip=1.0, seed=seed, log_every=50, save_every=max(steps, 1),
+        warmup_steps=plan.warmup_steps, grad_clip=1.0, seed=seed, log_every=50, save_every=500,
         snapshot_steps=snapshots, output_dir=str(out_dir / name), distill_weight=distill,
         device="cpu" if device.type == "cpu" else "auto",
         progress=progress, resume="auto",

@@ -397,7 +397,7 @@ def finetune(model: nn.Module, data: TrainingData, config: FinetuneConfig, *, te
     start = _maybe_resume(accelerator, config, out_dir, log)
     loop = _Loop(config, data, student, teacher_view, model, wrapped, optimizer, scheduler, accelerator, ema, log,
                  rank, world)
-    seconds, snapshots = loop.run(start, out_dir)
+    snapshots = loop.run(start, out_dir)
     for step in config.snapshot_steps:  # snapshots written before a resume
         folder = out_dir / f"transformer-{step}"
         if step not in snapshots and step <= config.steps and (folder / "config.json").is_file():
@@ -412,7 +412,7 @@ def finetune(model: nn.Module, data: TrainingData, config: FinetuneConfig, *, te
     tail = losses[-200:]
     result = FinetuneResult(
         steps=config.steps, losses=losses, final_loss=float(sum(tail) / len(tail)) if tail else float("nan"),
-        seconds_per_step=seconds, output_dir=out_dir, transformer_dir=transformer_dir, world_size=world,
+        seconds_per_step=log.mean_seconds(), output_dir=out_dir, transformer_dir=transformer_dir, world_size=world,
         snapshots=snapshots, resumed_from=start or None,
     )
     if accelerator.is_main_process:
@@ -473,6 +473,11 @@ class _TrainLog:
     def losses(self) -> list[float]:
         return [r["loss"] for r in self.records]
 
+    def mean_seconds(self) -> float:
+        """Mean s/step over every logged step, resumed parts included (nan before the first step)."""
+        seconds = [r["seconds"] for r in self.records if "seconds" in r]
+        return sum(seconds) / len(seconds) if seconds else float("nan")
+
     def load_until(self, step: int) -> None:
         if self.path.is_file():
             lines = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
@@ -514,20 +519,18 @@ class _Loop:
         self.model, self.wrapped, self.optimizer, self.scheduler = model, wrapped, optimizer, scheduler
         self.accelerator, self.ema, self.log, self.rank, self.world = accelerator, ema, log, rank, world
 
-    def run(self, start: int, out_dir: Path) -> tuple[float, dict[int, Path]]:
+    def run(self, start: int, out_dir: Path) -> dict[int, Path]:
         from flowcore.cli import progress
 
         cfg, acc = self.config, self.accelerator
         snapshots: dict[int, Path] = {}
         steps = range(start, cfg.steps)
         bar = progress(steps, desc="finetune", disable=not (cfg.progress and acc.is_main_process))
-        began, timed = time.perf_counter(), 0
         for step in bar:
             tick = time.perf_counter()
             record = self.step(step)
             record["seconds"] = time.perf_counter() - tick
             self.log.add(record)
-            timed += 1
             if hasattr(bar, "set_postfix"):
                 bar.set_postfix(loss=f"{record['loss']:.4f}")
             done = step + 1
@@ -537,8 +540,7 @@ class _Loop:
                 snapshots[done] = _save_model(acc.unwrap_model(self.wrapped), out_dir / f"transformer-{done}")
             if done % cfg.save_every == 0 or done == cfg.steps:
                 self.checkpoint(done, out_dir)
-        seconds = (time.perf_counter() - began) / timed if timed else float("nan")
-        return seconds, snapshots
+        return snapshots
 
     def step(self, step: int) -> dict[str, Any]:
         cfg, acc = self.config, self.accelerator
