@@ -152,7 +152,7 @@ def _eval_parser(sub) -> None:
 def _demo_parser(sub) -> None:
     p = sub.add_parser("demo", help="the toy-world demonstration (spec §6)",
                        description="Without --train: evaluate the committed fine-tuned toy transformers. With "
-                                   "--train: the full protocol (≈1.5–2 h on 2 cores); --preset ci is its 50-step "
+                                   "--train: the full protocol (≈ 3–4 h on 2 cores); --preset ci is its 50-step "
                                    "smoke version on a random-init CI-sized toy-sd3.")
     add_common_args(p, default_model="toy-sd3", default_output_dir=_out("demo"))
     p.add_argument("--quick", action="store_true", help="32 prompts instead of 512 (≤ 2 min)")

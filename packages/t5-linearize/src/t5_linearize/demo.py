@@ -100,7 +100,7 @@ def run_demo(out_dir: Path, *, quick: bool = False, seed: int = 0, assets: Path 
     missing = [p for p in (assets / T5_ASSET, assets / SOFTMAX_ASSET) if not (p / "config.json").is_file()]
     if missing:
         raise AssetsMissing(f"the fine-tuned toy transformers are missing ({', '.join(map(str, missing))}); create "
-                            "them with `t5-linearize demo --train` (the full protocol, about 1.5–2 h on 2 cores)")
+                            "them with `t5-linearize demo --train` (the full protocol, about 3–4 h on 2 cores)")
     record = _read_record(assets / RECORD_ASSET)
     # Label the T5 model by the steps it was really fine-tuned for (the committed assets may be a shortened run).
     t5_steps = record.get("training", {}).get("T5", {}).get("steps")
