@@ -50,3 +50,21 @@ def test_bad_slider_input_is_a_clear_error(tmp_path, capsys):
     assert "not one a loaded network was trained on" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="NAME=VALUE"):
         main([*base, "--set", "width"])
+
+
+@pytest.mark.parametrize(("argv", "scenes", "inversion_scenes"), [
+    (["--quick"], 4, 2), (["--quick", "--scenes", "12"], 12, 2), ([], 64, 16), (["--scenes", "8"], 8, 16)])
+def test_eval_toy_scene_count_follows_scenes_also_with_quick(tmp_path, monkeypatch, argv, scenes, inversion_scenes):
+    import style_attr.evaluate as evaluate
+
+    calls = []
+
+    def fake_evaluate_toy(name, net, **kwargs):
+        calls.append(kwargs)
+        return {"model": name, "scenes": kwargs["scenes"], "strips": []}
+
+    monkeypatch.setattr(evaluate, "evaluate_toy", fake_evaluate_toy)
+    code = main(["eval-toy", "--model", "toy-sd3", *argv, "--output-dir", str(tmp_path / "eval")])
+    assert code == 0
+    assert [(c["scenes"], c["inversion_scenes"]) for c in calls] == [(scenes, inversion_scenes)]
+    assert calls[0]["lams"] == (evaluate.QUICK_GRID if "--quick" in argv else evaluate.FULL_GRID)

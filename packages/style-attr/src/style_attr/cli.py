@@ -167,9 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help="the §6 toy demonstration on committed assets" if name == "demo" else
                            "the §6 evaluation of networks you trained (--attr per --model)")
         p.add_argument("--family", default="outline", help="filter family (default outline)")
-        p.add_argument("--scenes", type=int, default=64, help="held-out scenes (default 64)")
+        p.add_argument("--scenes", type=int, default=None, help="held-out scenes (default 64; 4 with --quick)")
         p.add_argument("--quick", action="store_true",
-                       help="toy-sd3, 4 scenes, λ ∈ {0, 0.4, 0.8, 1.2}, 2 inversion scenes (≤ 3 min)")
+                       help="toy-sd3, 4 scenes (or --scenes), λ ∈ {0, 0.4, 0.8, 1.2}, 2 inversion scenes (≤ 3 min)")
         if name == "eval-toy":
             p.add_argument("--attr", action="append", type=Path, help="trained network folder, one per --model")
             p.add_argument("--baseline", action="append", type=Path, help="prompt-level baseline folder per --model")

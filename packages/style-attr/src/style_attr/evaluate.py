@@ -231,19 +231,22 @@ def results_table(results: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def run_demo(models: Sequence[str], output_dir: str | Path, *, family: str = "outline", scenes: int = 64,
+def run_demo(models: Sequence[str], output_dir: str | Path, *, family: str = "outline", scenes: int | None = None,
              quick: bool = False, seed: int = 0, attrs: Sequence[str | Path] | None = None,
              baselines: Sequence[str | Path] | None = None, device: str | torch.device = "cpu",
              progress: bool = False) -> dict[str, Any]:
     """``style-attr demo`` / ``eval-toy``: evaluate each toy, write ``table.md``, ``results.json`` and λ-sweep strips.
 
-    ``quick``: 4 scenes, λ ∈ {0, 0.4, 0.8, 1.2}, 2 inversion scenes.
+    ``quick``: λ ∈ {0, 0.4, 0.8, 1.2}, 2 inversion scenes and 4 held-out scenes unless ``scenes`` is given
+    (default 64 without ``quick``).
     """
     from flowcore.io import atomic_write, save_result, write_json
 
     out = Path(output_dir)
     lams = QUICK_GRID if quick else FULL_GRID
-    n_scenes = min(scenes, 4) if quick else scenes
+    n_scenes = scenes if scenes is not None else (4 if quick else 64)
+    if n_scenes < 1:
+        raise ValueError(f"scenes must be at least 1, got {n_scenes}")
     results = []
     for k, name in enumerate(models):
         net = attrs[k] if attrs and k < len(attrs) else None
