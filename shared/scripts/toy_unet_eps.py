@@ -15,6 +15,7 @@ import torch
 from flowcore import toy
 from flowcore.adapters import load_model
 from flowcore.guidance import guided
+from flowcore.prediction import to_x0_eps
 from flowcore.sampling import sample
 from flowcore.toy.scene import sample_scene
 
@@ -47,13 +48,29 @@ def main(n: int = 32, timesteps: tuple[int, ...] = (999, 900, 700, 500, 200, 50)
         print(f"t={t:4d}  rms(eps_hat - eps) {(eps_hat - eps).pow(2).mean().sqrt():.4f}  "
               f"slope {(eps_hat * eps).sum() / eps.pow(2).sum():.3f}  x0 rmse {(x0_hat - x0).pow(2).mean().sqrt():.3f}  "
               f"x0 |dy| {decoded_roughness(x0_hat):.3f}")
-    # the same captions sampled from noise (DDIM, CFG 7.5 as gate U1): does the trajectory shed the pattern?
+    # the same captions sampled from noise (DDIM as gate U1): does the trajectory shed the pattern, and is guidance
+    # the cause? (x̂0 roughness is printed along the CFG 7.5 trajectory)
     model = load_model("toy-unet")
     cond, uncond = model.encode_prompt([s.caption() for s in scenes]), model.encode_prompt([""] * n)
-    noise = model.prepare_noise(n, 32, 32, generator=torch.Generator().manual_seed(0))
-    images = model.decode_image(sample(guided(model, cond, uncond=uncond, scale=7.5), noise,
-                                       model.schedule(sample_steps, height=32, width=32)))
-    print(f"samples from noise (DDIM {sample_steps}, CFG 7.5): |dy| {vertical_roughness(images.clamp(0, 1)):.3f}")
+    schedule = model.schedule(sample_steps, height=32, width=32)
+    trajectory: list[str] = []
+    state = {"x": torch.empty(0)}  # the latents at the current point, for x̂0 in the callback
+
+    def record_x0(i: int, x_next: torch.Tensor, out: torch.Tensor) -> None:
+        if i in (0, sample_steps // 4, sample_steps // 2, sample_steps - 1):
+            x0_hat, _ = to_x0_eps(out, state["x"], schedule.a[i], schedule.s[i], kind="eps")
+            roughness = vertical_roughness(model.decode_image(x0_hat).clamp(0, 1))
+            trajectory.append(f"t={float(schedule.timesteps[i]):.0f} {roughness:.3f}")
+        state["x"] = x_next
+
+    for cfg in (1.0, 7.5):
+        noise = model.prepare_noise(n, 32, 32, generator=torch.Generator().manual_seed(0))
+        state["x"] = noise
+        latents = sample(guided(model, cond, uncond=uncond, scale=cfg), noise, schedule,
+                         callback=record_x0 if cfg == 7.5 else None)
+        images = model.decode_image(latents).clamp(0, 1)
+        along = f"; x0_hat |dy| along the trajectory: {', '.join(trajectory)}" if trajectory else ""
+        print(f"samples from noise (DDIM {sample_steps}, CFG {cfg}): |dy| {vertical_roughness(images):.3f}{along}")
 
 
 if __name__ == "__main__":
