@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from flowcore import toy
-from flowcore.adapters import load_model
+from flowcore.adapters import adapter_from_toy
 from flowcore.guidance import guided
 from flowcore.prediction import to_x0_eps
 from flowcore.sampling import sample
@@ -28,30 +28,27 @@ def vertical_roughness(images: torch.Tensor) -> float:
 @torch.no_grad()
 def main(n: int = 32, timesteps: tuple[int, ...] = (999, 900, 700, 500, 200, 50), sample_steps: int = 50) -> None:
     bundle = toy.load("toy-unet")
+    model = adapter_from_toy(bundle)  # one load: the raw denoiser for ε̂ at fixed t, the adapter for I/O and sampling
     scenes = [sample_scene(0, i, "test") for i in range(n)]
-    pixels = torch.stack([s.render() for s in scenes]) * 2 - 1
-    scale = bundle.vae.config.scaling_factor
-    x0 = bundle.vae.encode(pixels).latent_dist.mode() * scale
+    x0 = model.encode_image(torch.stack([s.render() for s in scenes]))
+    cond, uncond = model.encode_prompt([s.caption() for s in scenes]), model.encode_prompt([""] * n)
 
     def decoded_roughness(latents: torch.Tensor) -> float:
-        return vertical_roughness((bundle.vae.decode(latents / scale).sample.clamp(-1, 1) + 1) / 2)
+        return vertical_roughness(model.decode_image(latents))
 
-    text, _ = bundle.encode_prompt([s.caption() for s in scenes])
     generator = torch.Generator().manual_seed(0)
     print(f"clean scenes: |dy| {decoded_roughness(x0):.3f}")
     for t in timesteps:
         eps = torch.randn(x0.shape, generator=generator)
         abar = bundle.scheduler.alphas_cumprod[t]
         xt = abar.sqrt() * x0 + (1 - abar).sqrt() * eps
-        eps_hat = bundle.denoiser(xt, torch.full((n,), t), encoder_hidden_states=text).sample
-        x0_hat = (xt - (1 - abar).sqrt() * eps_hat) / abar.sqrt()
+        eps_hat = bundle.denoiser(xt, torch.full((n,), t), encoder_hidden_states=cond.embeds).sample
+        x0_hat, _ = to_x0_eps(eps_hat, xt, abar.sqrt(), (1 - abar).sqrt(), kind="eps")
         print(f"t={t:4d}  rms(eps_hat - eps) {(eps_hat - eps).pow(2).mean().sqrt():.4f}  "
               f"slope {(eps_hat * eps).sum() / eps.pow(2).sum():.3f}  x0 rmse {(x0_hat - x0).pow(2).mean().sqrt():.3f}  "
               f"x0 |dy| {decoded_roughness(x0_hat):.3f}")
     # the same captions sampled from noise (DDIM as gate U1): does the trajectory shed the pattern, and is guidance
     # the cause? (x̂0 roughness is printed along the CFG 7.5 trajectory)
-    model = load_model("toy-unet")
-    cond, uncond = model.encode_prompt([s.caption() for s in scenes]), model.encode_prompt([""] * n)
     schedule = model.schedule(sample_steps, height=32, width=32)
     trajectory: list[str] = []
     state = {"x": torch.empty(0)}  # the latents at the current point, for x̂0 in the callback
@@ -59,8 +56,7 @@ def main(n: int = 32, timesteps: tuple[int, ...] = (999, 900, 700, 500, 200, 50)
     def record_x0(i: int, x_next: torch.Tensor, out: torch.Tensor) -> None:
         if i in (0, sample_steps // 4, sample_steps // 2, sample_steps - 1):
             x0_hat, _ = to_x0_eps(out, state["x"], schedule.a[i], schedule.s[i], kind="eps")
-            roughness = vertical_roughness(model.decode_image(x0_hat).clamp(0, 1))
-            trajectory.append(f"t={float(schedule.timesteps[i]):.0f} {roughness:.3f}")
+            trajectory.append(f"t={float(schedule.timesteps[i]):.0f} {decoded_roughness(x0_hat):.3f}")
         state["x"] = x_next
 
     for cfg in (1.0, 7.5):
@@ -68,9 +64,8 @@ def main(n: int = 32, timesteps: tuple[int, ...] = (999, 900, 700, 500, 200, 50)
         state["x"] = noise
         latents = sample(guided(model, cond, uncond=uncond, scale=cfg), noise, schedule,
                          callback=record_x0 if cfg == 7.5 else None)
-        images = model.decode_image(latents).clamp(0, 1)
         along = f"; x0_hat |dy| along the trajectory: {', '.join(trajectory)}" if trajectory else ""
-        print(f"samples from noise (DDIM {sample_steps}, CFG {cfg}): |dy| {vertical_roughness(images):.3f}{along}")
+        print(f"samples from noise (DDIM {sample_steps}, CFG {cfg}): |dy| {decoded_roughness(latents):.3f}{along}")
 
 
 if __name__ == "__main__":
