@@ -48,6 +48,17 @@ def test_training_writes_a_network_and_resume_continues_exactly(toy_data, tmp_pa
     assert max(float(v.abs().max()) for k, v in a.items() if ".to_out." in k) > 0
 
 
+def test_a_stopped_run_saved_at_its_checkpoint_keeps_its_layers_and_logged_losses(toy_data, tmp_path):
+    # what scripts/device_toy_runs.sh does at a deadline: resume with --steps = the last checkpoint's step
+    train_attribute_net(_config(toy_data, tmp_path / "run", steps=3, save_every=2))
+    log = [json.loads(x) for x in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    saved = train_attribute_net(_config(toy_data, tmp_path / "run", steps=2, resume=True))
+    assert saved["steps"] == 2
+    assert saved["final"] == {k: v for k, v in log[1].items() if k.startswith("loss")}
+    a, b = _layers(tmp_path / "run"), load_file(str(tmp_path / "run" / "checkpoint-2" / "attribute_layers.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_beta_zero_and_prompt_level_baseline_train(toy_data, tmp_path):
     res = train_attribute_net(_config(toy_data, tmp_path / "b0", steps=1, beta=0.0))
     assert res["final"]["loss_reg"] == 0.0

@@ -309,7 +309,9 @@ def train_attribute_net(config: TrainConfig, *, model: Any = None, dataset: Styl
     if main and config.resume and (out / TRAIN_LOG).is_file():
         log_lines = [ln for ln in (out / TRAIN_LOG).read_text().splitlines()
                      if ln.strip() and json.loads(ln).get("step", 0) <= start_step]
-    last: dict[str, float] = {}
+    # a resumed run that has no step left (saving a stopped run at its checkpoint) reports the logged losses
+    last: dict[str, float] = {k: v for k, v in json.loads(log_lines[-1]).items()
+                              if k.startswith("loss")} if log_lines else {}
     steps = range(start_step, config.steps)
     if progress and main:
         from flowcore.cli import progress as bar
