@@ -91,6 +91,26 @@ def test_only_trainable_modules_receive_gradients(name):
         assert objective.text_encoder is not None and not any(p.requires_grad for p in objective.text_encoder.parameters())
 
 
+def test_vp_offset_noise_adds_one_constant_per_sample_and_channel_and_leaves_zero_offset_unchanged():
+    """The toy-unet recipes' offset noise: ε gains a per-(sample, channel) constant of the recipe's std; with
+    ``offset_noise=0`` the recipe dict has no such key, so recipes without it keep their recorded hashes."""
+    import dataclasses
+
+    recipe = get_recipe("toy-unet", "ci").with_overrides(batch=64)
+    assert get_recipe("toy-unet").offset_noise == 0.1 and recipe.offset_noise == 0.1
+    plain = dataclasses.replace(recipe, offset_noise=0.0)
+    assert "offset_noise" not in plain.to_dict() and recipe.to_dict()["offset_noise"] == 0.1
+    opts = TrainOptions(model="toy-unet", output_dir=Path("unused"), clip_from="random", preset="ci")
+    outputs = {}
+    for r in (recipe, plain):
+        objective = OBJECTIVES["vp"](r, opts, torch.device("cpu"))
+        outputs[r.offset_noise] = objective._noisy(materialize(batch_spec(r, 0, 0), "cpu"))[1]
+    offset = outputs[0.1] - outputs[0.0]
+    per_channel = offset.mean(dim=(2, 3), keepdim=True)
+    assert torch.allclose(offset, per_channel.expand_as(offset), atol=1e-6)  # constant over positions
+    assert 0.07 < float(per_channel.std()) < 0.13  # 64 × 12 draws of std 0.1
+
+
 def test_recipes_have_versions_hashes_and_overrides():
     assert set(recipe_names()) == {"toy-clip", "toy-sd3", "toy-kontext-a", "toy-kontext-b", "toy-unet",
                                    "toy-unet-controlnet", "toy-unet-ip-adapter"}

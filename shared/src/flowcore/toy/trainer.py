@@ -108,6 +108,7 @@ class Recipe:
     max_logit_scale: float = 100.0
     checkpoint_every: int = 500
     base: str | None = None  # the recipe this one was derived from by overrides (batch/steps)
+    offset_noise: float = 0.0  # VP objectives: std of a per-(sample, channel) constant added to ε (0: the spec's loss)
 
     @property
     def tag(self) -> str:
@@ -118,7 +119,10 @@ class Recipe:
         return max(self.batch, self.edit_batch)
 
     def to_dict(self) -> dict[str, Any]:
-        return json.loads(json.dumps(dataclasses.asdict(self)))
+        data = json.loads(json.dumps(dataclasses.asdict(self)))
+        if not data["offset_noise"]:  # added later: recipes without it keep their recorded sha256
+            del data["offset_noise"]
+        return data
 
     @property
     def sha256(self) -> str:
@@ -143,6 +147,14 @@ class Recipe:
         return recipe
 
 
+# Offset noise for the toy-unet recipes (a deviation from toyworld.md §8.5's plain ε loss). SD1.5's betas end at
+# ᾱ_999 = 0.0047, so x_T still holds 0.069·x0: on a 32×32 toy whose background fills most pixels, a latent channel's
+# mean over its 256 positions carries the background colour with SNR ≈ 1 (noise-mean std 1/16). Trained on that, the
+# UNet took each of its 12 channels' colour from the noise instead of the prompt: wrong backgrounds at CFG 7.5 and a
+# 2×2 colour pattern (the 4 sub-pixel channels of one colour disagree). A per-(sample, channel) offset in ε, 0.1 as in
+# Guttenberg's offset noise, buries that cue so colour has to come from the caption.
+VP_OFFSET_NOISE = 0.1
+
 _SCENES_MANNEQUINS_DESIGNS = (("scene", 0.6), ("mannequin", 0.3), ("design", 0.1))
 _KONTEXT_SIZES = ((32, 0.8), (16, 0.15), (8, 0.05))
 
@@ -156,11 +168,13 @@ def _full_recipes() -> dict[str, Recipe]:
                edit_batch=24, size_mix=_KONTEXT_SIZES),
         Recipe("toy-kontext-b", 1, "full", "distill", "toy-kontext", "transformer", 2000, 24, 5e-5,
                edit_batch=24, size_mix=_KONTEXT_SIZES),
-        Recipe("toy-unet", 1, "full", "vp", "toy-unet", "unet", 20000, 32, 2e-4, mix=_SCENES_MANNEQUINS_DESIGNS),
-        Recipe("toy-unet-controlnet", 1, "full", "controlnet", "toy-unet", "controlnet", 6000, 32, 1e-4,
-               mix=(("scene", 0.6), ("mannequin", 0.4))),
-        Recipe("toy-unet-ip-adapter", 1, "full", "ip_adapter", "toy-unet", "ip_adapter", 6000, 32, 1e-4,
-               mix=(("scene", 0.5), ("mannequin", 0.3), ("design", 0.2))),
+        # version 2: offset noise (see VPObjective._noisy); version 1 was the spec's plain ε loss
+        Recipe("toy-unet", 2, "full", "vp", "toy-unet", "unet", 20000, 32, 2e-4, mix=_SCENES_MANNEQUINS_DESIGNS,
+               offset_noise=VP_OFFSET_NOISE),
+        Recipe("toy-unet-controlnet", 2, "full", "controlnet", "toy-unet", "controlnet", 6000, 32, 1e-4,
+               mix=(("scene", 0.6), ("mannequin", 0.4)), offset_noise=VP_OFFSET_NOISE),
+        Recipe("toy-unet-ip-adapter", 2, "full", "ip_adapter", "toy-unet", "ip_adapter", 6000, 32, 1e-4,
+               mix=(("scene", 0.5), ("mannequin", 0.3), ("design", 0.2)), offset_noise=VP_OFFSET_NOISE),
     )}
 
 
@@ -522,6 +536,8 @@ class VPObjective(Objective):
             self._alphas = noise_scheduler.alphas_cumprod.to(self.device)
         x0 = F.pixel_unshuffle(batch["pixels"] * 2 - 1, 2)
         eps = _noise(x0, batch)
+        if self.recipe.offset_noise:  # drawn after ε, so recipes without it reproduce their old batches bit for bit
+            eps = eps + self.recipe.offset_noise * _noise(x0[:, :, :1, :1], batch)
         alpha = self._alphas[batch["t"]].to(x0.dtype)[:, None, None, None]
         return alpha.sqrt() * x0 + (1 - alpha).sqrt() * eps, eps
 
