@@ -33,6 +33,19 @@ def vertical_roughness(images: torch.Tensor) -> float:
     return (images[..., 1:, :] - images[..., :-1, :]).abs().mean().item()
 
 
+def mean_gain(x0_hat_at, noise: torch.Tensor, delta: float = 0.1) -> list[float]:
+    """Per latent channel and δ ∈ {+delta, −delta}: the move of x̂0's channel mean per δ added to that channel of
+    ``noise`` (B, C, h, w). ``x0_hat_at(x)`` is x̂0 at the first sampling timestep."""
+    base = x0_hat_at(noise)
+    gains = []
+    for d in (delta, -delta):
+        for channel in range(noise.shape[1]):
+            shifted = noise.clone()
+            shifted[:, channel] += d
+            gains.append(float((x0_hat_at(shifted)[:, channel].mean() - base[:, channel].mean()) / d))
+    return gains
+
+
 @torch.no_grad()
 def main(n: int = 32, timesteps: tuple[int, ...] = (999, 900, 700, 500, 200, 50), sample_steps: int = 50) -> None:
     bundle = toy.load("toy-unet")
@@ -44,20 +57,32 @@ def main(n: int = 32, timesteps: tuple[int, ...] = (999, 900, 700, 500, 200, 50)
     def decoded_roughness(latents: torch.Tensor) -> float:
         return vertical_roughness(model.decode_image(latents))
 
+    def x0_hat_at(t: int, xt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x̂0, ε̂) of the conditional ε-prediction at integer timestep ``t``."""
+        abar = bundle.scheduler.alphas_cumprod[t]
+        eps_hat = bundle.denoiser(xt, torch.full((n,), t), encoder_hidden_states=cond.embeds).sample
+        return to_x0_eps(eps_hat, xt, abar.sqrt(), (1 - abar).sqrt(), kind="eps")[0], eps_hat
+
     generator = torch.Generator().manual_seed(0)
     print(f"clean scenes: |dy| {decoded_roughness(x0):.3f}")
     for t in timesteps:
         eps = torch.randn(x0.shape, generator=generator)
         abar = bundle.scheduler.alphas_cumprod[t]
-        xt = abar.sqrt() * x0 + (1 - abar).sqrt() * eps
-        eps_hat = bundle.denoiser(xt, torch.full((n,), t), encoder_hidden_states=cond.embeds).sample
-        x0_hat, _ = to_x0_eps(eps_hat, xt, abar.sqrt(), (1 - abar).sqrt(), kind="eps")
+        x0_hat, eps_hat = x0_hat_at(t, abar.sqrt() * x0 + (1 - abar).sqrt() * eps)
         print(f"t={t:4d}  rms(eps_hat - eps) {(eps_hat - eps).pow(2).mean().sqrt():.4f}  "
               f"slope {(eps_hat * eps).sum() / eps.pow(2).sum():.3f}  x0 rmse {(x0_hat - x0).pow(2).mean().sqrt():.3f}  "
               f"x0 |dy| {decoded_roughness(x0_hat):.3f}")
+
+    schedule = model.schedule(sample_steps, height=32, width=32)
+    t_first = int(schedule.timesteps[0])
+    gains = mean_gain(lambda x: x0_hat_at(t_first, x)[0],
+                      model.prepare_noise(n, 32, 32, generator=torch.Generator().manual_seed(1)))
+    print(f"mean gain at t={t_first}: {sum(gains) / len(gains):.2f} (0: the shift is read as noise; "
+          f"{1 / bundle.scheduler.alphas_cumprod[t_first].sqrt():.1f}: read as colour), "
+          f"channels {min(gains):.2f} … {max(gains):.2f}")
+
     # the same captions sampled from noise (DDIM as gate U1): does the trajectory shed the pattern, and is guidance
     # the cause? (x̂0 roughness is printed along the CFG 7.5 trajectory)
-    schedule = model.schedule(sample_steps, height=32, width=32)
     trajectory: list[str] = []
     state = {"x": torch.empty(0)}  # the latents at the current point, for x̂0 in the callback
 
@@ -67,35 +92,22 @@ def main(n: int = 32, timesteps: tuple[int, ...] = (999, 900, 700, 500, 200, 50)
             trajectory.append(f"t={float(schedule.timesteps[i]):.0f} {decoded_roughness(x0_hat):.3f}")
         state["x"] = x_next
 
-    t_first = int(schedule.timesteps[0])
-    abar = bundle.scheduler.alphas_cumprod[t_first]
-    noise = model.prepare_noise(n, 32, 32, generator=torch.Generator().manual_seed(1))
-    gains = []
-    for delta in (0.1, -0.1):
-        for channel in range(noise.shape[1]):
-            shifted = noise.clone()
-            shifted[:, channel] += delta
-            means = []
-            for x in (noise, shifted):
-                eps_hat = bundle.denoiser(x, torch.full((n,), t_first), encoder_hidden_states=cond.embeds).sample
-                x0_hat, _ = to_x0_eps(eps_hat, x, abar.sqrt(), (1 - abar).sqrt(), kind="eps")
-                means.append(x0_hat[:, channel].mean())
-            gains.append(float((means[1] - means[0]) / delta))
-    print(f"mean gain at t={t_first}: {sum(gains) / len(gains):.2f} (0: the shift is read as noise; "
-          f"{1 / abar.sqrt():.1f}: read as colour), channels {min(gains):.2f} … {max(gains):.2f}")
+    noise = model.prepare_noise(n, 32, 32, generator=torch.Generator().manual_seed(0))
+    images = {}
     for cfg in (1.0, 7.5):
-        noise = model.prepare_noise(n, 32, 32, generator=torch.Generator().manual_seed(0))
         state["x"] = noise
         latents = sample(guided(model, cond, uncond=uncond, scale=cfg), noise, schedule,
                          callback=record_x0 if cfg == 7.5 else None)
+        images[cfg] = model.decode_image(latents)
         along = f"; x0_hat |dy| along the trajectory: {', '.join(trajectory)}" if trajectory else ""
-        print(f"samples from noise (DDIM {sample_steps}, CFG {cfg}): |dy| {decoded_roughness(latents):.3f}{along}")
-    # the same at CFG 7.5 from noise without channel means, with the judge's background reading against the caption
-    for label, start in (("noise", noise), ("zero-mean noise", noise - noise.mean(dim=(2, 3), keepdim=True))):
-        images = model.decode_image(sample(guided(model, cond, uncond=uncond, scale=7.5), start, schedule))
-        right = sum(r.background == s.background.color for r, s in zip(read_scene(images), scenes))
-        print(f"samples from {label} (CFG 7.5): background right {right}/{n}, |dy| {vertical_roughness(images):.3f}, "
-              f"mean pixel {images.mean():.3f}")
+        print(f"samples from noise (DDIM {sample_steps}, CFG {cfg}): |dy| {vertical_roughness(images[cfg]):.3f}{along}")
+    # CFG 7.5 again from the same noise with every channel's mean removed; the judge reads the backgrounds of both
+    zero_mean = noise - noise.mean(dim=(2, 3), keepdim=True)
+    images["zero-mean"] = model.decode_image(sample(guided(model, cond, uncond=uncond, scale=7.5), zero_mean, schedule))
+    for label, key in (("noise", 7.5), ("zero-mean noise", "zero-mean")):
+        right = sum(r.background == s.background.color for r, s in zip(read_scene(images[key]), scenes))
+        print(f"samples from {label} (CFG 7.5): background right {right}/{n}, "
+              f"|dy| {vertical_roughness(images[key]):.3f}, mean pixel {images[key].mean():.3f}")
 
 
 if __name__ == "__main__":
