@@ -69,6 +69,8 @@ JOBS = ("toy-clip", "toy-sd3", "toy-kontext-a", "toy-unet", "toy-kontext-b", "to
         "toy-unet-ip-adapter")
 DEPENDS = {"toy-kontext-b": "toy-kontext-a", "toy-unet-controlnet": "toy-unet", "toy-unet-ip-adapter": "toy-unet"}
 FROM_FLAG = {"toy-kontext-b": "--init-from", "toy-unet-controlnet": "--unet-from", "toy-unet-ip-adapter": "--unet-from"}
+# with their parent skipped (--skip toy-unet), the adapters train on the packaged UNet (the trainer's default)
+PACKAGED_PARENT_OK = ("toy-unet-controlnet", "toy-unet-ip-adapter")
 
 
 class Orchestrator:
@@ -80,7 +82,8 @@ class Orchestrator:
         self.out = Path(args.out).expanduser().resolve()
         self.runs, self.logs = self.out / "runs", self.out / "logs"
         skip = set(args.skip) | ({"toy-clip"} if args.clip_first_s <= 0 else set())
-        self.jobs = {name: Job(name, DEPENDS.get(name)) for name in JOBS if name not in skip}
+        self.jobs = {name: Job(name, None if name in PACKAGED_PARENT_OK and DEPENDS[name] in skip else DEPENDS.get(name))
+                     for name in JOBS if name not in skip}
         # with a GPU toy-clip phase first, the first-phase trainers wait for it (its towers are their frozen
         # text encoder) and their slots are shares of the window after it
         self.phase1_start = self.t0
@@ -379,6 +382,7 @@ def unpack(pack: Path, weights_dir: Path | None) -> int:
     sys.path.insert(0, str(REPO_SRC))
     from flowcore.io import write_json
     from flowcore.toy.bundle import _read_manifest, verify, weights_root
+    from flowcore.toy.export import MAIN_PARTS, _files, _install
 
     root = (weights_dir or weights_root()).resolve()
     incoming = json.loads((pack / "MANIFEST.json").read_text())["models"]
@@ -389,11 +393,22 @@ def unpack(pack: Path, weights_dir: Path | None) -> int:
         shutil.rmtree(staging, ignore_errors=True)
         with tarfile.open(tar_path) as tar:
             tar.extractall(staging, filter="data")
-        shutil.rmtree(root / name, ignore_errors=True)
-        os.replace(staging / name, root / name)
+        parts = incoming[name].get("parts", {})
+        if not MAIN_PARTS & set(parts) and name in data["models"] and (root / name).is_dir():
+            # adapters only (their model was --skip'ped): swap those subfolders, keep the shipped main part
+            subfolders = sorted(p.name for p in (staging / name).iterdir() if p.is_dir())
+            _install(staging / name, root / name, subfolders)
+            entry = data["models"][name]
+            entry["parts"].update(parts)
+            entry.update(files=_files(root / name), finished=all(p["finished"] for p in entry["parts"].values()),
+                         exported=incoming[name]["exported"], gates=None)
+            log(f"installed {name}/{{{','.join(subfolders)}}} into {root / name} (main part kept)")
+        else:
+            shutil.rmtree(root / name, ignore_errors=True)
+            os.replace(staging / name, root / name)
+            data["models"][name] = incoming[name]
+            log(f"installed {name} into {root / name}")
         shutil.rmtree(staging, ignore_errors=True)
-        data["models"][name] = incoming[name]
-        log(f"installed {name} into {root / name}")
     write_json(root / "MANIFEST.json", data)
     teacher = pack / "toy-kontext-teacher.tar"
     if teacher.is_file():

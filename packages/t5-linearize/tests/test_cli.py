@@ -83,6 +83,29 @@ def test_demo_train_ci_smoke(tmp_path):
     assert (tmp_path / "grid.png").is_file() and (tmp_path / "report.md").is_file()
 
 
+def test_demo_train_only_runs_made_elsewhere_are_reused_without_checkpoints(tmp_path):
+    """--train-only on two machines, then one --train over the gathered transformers and logs = one straight run."""
+    pytest.importorskip("transformers")
+    import shutil
+
+    straight, here, there = tmp_path / "straight", tmp_path / "here", tmp_path / "there"
+    args = ["demo", "--train", "--preset", "ci", "--no-export"]
+    assert main([*args, "--output-dir", str(straight)]) == 0
+    assert main([*args, "--train-only", "t5", "--output-dir", str(here)]) == 0
+    assert main([*args, "--train-only", "softmax", "linear", "--output-dir", str(there)]) == 0
+    assert not (here / "report.json").exists() and not (here / "softmax").exists()
+    for run in ("softmax", "linear"):
+        shutil.copytree(there / run, here / run)
+    for checkpoint in here.glob("*/checkpoint-*"):
+        shutil.rmtree(checkpoint)
+    assert main([*args, "--output-dir", str(here)]) == 0
+    assert not list(here.glob("*/checkpoint-*"))  # nothing trained again
+    got, want = (json.loads((d / "report.json").read_text()) for d in (here, straight))
+    for name in ("T5", "softmax", "linear"):
+        assert got["training"][name]["final_loss"] == want["training"][name]["final_loss"]
+    assert got["models"] == want["models"] and got["acceptance"] == want["acceptance"]
+
+
 def test_demo_evaluates_committed_assets(tmp_path, monkeypatch):
     """`demo` without training, on stand-in assets (random toy weights until the real ones land)."""
     pytest.importorskip("transformers")

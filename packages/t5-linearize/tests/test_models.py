@@ -272,6 +272,8 @@ def test_bad_inputs_give_clear_errors(tmp_path):
         T5SD3Transformer2DModel.from_pretrained(tmp_path / "plain")
     with pytest.raises(ValueError, match="not a T5FluxTransformer2DModel"):
         T5FluxTransformer2DModel.from_pretrained(tmp_path / "t5")
+    with pytest.raises(ValueError, match="is a file; pass the folder"):
+        T5SD3Transformer2DModel.from_pretrained(tmp_path / "t5" / "config.json")
 
 
 def test_site_selection_keeps_softmax_elsewhere():

@@ -84,6 +84,28 @@ def test_a_run_resumed_at_its_last_step_still_reports_its_timing(tmp_path):
     assert math.isfinite(again.seconds_per_step) and again.seconds_per_step == first.seconds_per_step
 
 
+def test_a_finished_run_is_reused_without_its_checkpoints_unless_the_recipe_changed(tmp_path):
+    # demo --train --train-only on another machine: only the transformers and logs travel, no checkpoints.
+    import shutil
+
+    adapter = tiny_adapter(make_sd3())
+    trained = _student()
+    first = finetune(trained, _data(), _config(tmp_path, steps=3, save_every=3, snapshot_steps=(2,)), adapter=adapter)
+    for folder in tmp_path.glob("checkpoint-*"):
+        shutil.rmtree(folder)
+    log_before = (tmp_path / "train_log.jsonl").read_text()
+    again = _student()
+    reused = finetune(again, _data(), _config(tmp_path, steps=3, save_every=3, snapshot_steps=(2,), resume="auto",
+                                              log_every=1), adapter=adapter)
+    assert reused.resumed_from == 3 and reused.losses == first.losses and reused.final_loss == first.final_loss
+    assert set(reused.snapshots) == {2} and (tmp_path / "train_log.jsonl").read_text() == log_before
+    assert all(torch.equal(trained.state_dict()[k], again.state_dict()[k]) for k in trained.state_dict())
+    # another lr is another recipe: trained again from step 0
+    other = finetune(_student(), _data(), _config(tmp_path, steps=3, save_every=3, snapshot_steps=(2,),
+                                                  resume="auto", lr=2e-3), adapter=adapter)
+    assert other.resumed_from is None and other.losses[0] == first.losses[0] and other.losses != first.losses
+
+
 def test_softmax_baseline_uses_the_same_loop(tmp_path):
     model = make_sd3()
     before = copy.deepcopy(model.state_dict())

@@ -254,3 +254,38 @@ def test_gpu_orchestrator_rehearsal_on_cpu(tmp_path):
     assert {"MANIFEST.json", "summary.json", "logs.tar.gz"} <= set(pack) and len(pack) <= 8
     summary = json.loads((out / "pack" / "summary.json").read_text())
     assert "toy-sd3" in summary["exported"] and summary["models"]["toy-sd3"]["steps"] >= 1
+
+
+def test_unpacking_an_adapters_only_pack_keeps_the_shipped_unet(tmp_path, monkeypatch):
+    """gpu_train_all.py --skip toy-unet packs only the ControlNet / IP-Adapter; --unpack swaps those and keeps the
+    UNet and its manifest part (it used to replace the whole toy-unet folder)."""
+    import copy
+    import importlib.util
+    import shutil
+    import tarfile
+
+    import flowcore.toy
+
+    script = Path(__file__).resolve().parents[2] / "scripts" / "gpu_train_all.py"
+    spec = importlib.util.spec_from_file_location("gpu_train_all", script)
+    gpu_train_all = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "gpu_train_all", gpu_train_all)  # its dataclasses look their module up
+    spec.loader.exec_module(gpu_train_all)
+    root = tmp_path / "weights"
+    shutil.copytree(Path(flowcore.toy.__file__).parent / "weights", root)
+    monkeypatch.setenv("FLOWCORE_TOY_WEIGHTS", str(root))  # unpack points it at root; restored afterwards
+    before = json.loads((root / "MANIFEST.json").read_text())["models"]["toy-unet"]
+    incoming = copy.deepcopy(before)
+    incoming["parts"] = {name: {**part, "steps": 7} for name, part in before["parts"].items() if name != "unet"}
+    pack = tmp_path / "pack"
+    pack.mkdir()
+    (pack / "MANIFEST.json").write_text(json.dumps({"models": {"toy-unet": incoming}}))
+    with tarfile.open(pack / "toy-unet.tar", "w") as tar:
+        for sub in ("controlnet", "ip_adapter"):
+            tar.add(root / "toy-unet" / sub, arcname=f"toy-unet/{sub}")
+    assert gpu_train_all.unpack(pack, root) == 0
+    after = json.loads((root / "MANIFEST.json").read_text())["models"]["toy-unet"]
+    assert (root / "toy-unet" / "unet" / "config.json").is_file()
+    assert after["parts"]["unet"] == before["parts"]["unet"] and after["recipe"] == before["recipe"]
+    assert after["parts"]["controlnet"]["steps"] == 7 and after["parts"]["ip_adapter"]["steps"] == 7
+    assert after["files"] == before["files"] and after.get("history") == before.get("history")

@@ -161,6 +161,14 @@ def _demo_parser(sub) -> None:
     p.add_argument("--preset", choices=["full", "ci"], default="full", help="protocol size (default: full)")
     p.add_argument("--steps", type=int, default=None, help="with --train: override the fine-tuning steps")
     p.add_argument("--eval-prompts", type=int, default=None, help="with --train: override the number of prompts")
+    p.add_argument("--lr", type=float, default=None,
+                   help="with --train: lr of the inherited weights, the same for the T5 and the softmax runs "
+                        "(default: 1e-4, or 1e-3 with --preset ci)")
+    p.add_argument("--new-lr-mult", type=float, default=None,
+                   help="with --train: lr multiplier of the T5 model's new parameters (default: 10)")
+    p.add_argument("--train-only", nargs="+", choices=["t5", "softmax", "linear"], default=None,
+                   help="with --train: train just these runs and stop (no evaluation); a later --train into the "
+                        "same --output-dir reuses every finished run")
     p.add_argument("--export-assets", type=Path, default=None,
                    help="with --train (full): write the fp16 assets here (default: the package's assets/toy)")
     p.add_argument("--no-export", action="store_true", help="with --train: do not write the assets")
@@ -238,7 +246,14 @@ def cmd_convert(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_finetune(args: argparse.Namespace) -> dict[str, Any]:
     from t5_linearize.models import T5FluxTransformer2DModel, T5SD3Transformer2DModel
-    from t5_linearize.training import FinetuneConfig, ImageFolderData, ToyEditData, ToySceneData, finetune
+    from t5_linearize.training import (
+        TOY_LR,
+        FinetuneConfig,
+        ImageFolderData,
+        ToyEditData,
+        ToySceneData,
+        finetune,
+    )
 
     if args.softmax_baseline == (args.transformer is not None):
         raise ValueError("give exactly one of --transformer DIR (a linearized model) or --softmax-baseline")
@@ -272,7 +287,7 @@ def cmd_finetune(args: argparse.Namespace) -> dict[str, Any]:
         data = self_generated_data(adapter, prompts, height=size, width=size, seed=args.seed)
     else:
         data = ImageFolderData(args.data, args.resolution, adapter, cache_latents=args.cache_latents)
-    lr = args.lr if args.lr is not None else (1e-4 if bundle is not None else 1e-5)
+    lr = args.lr if args.lr is not None else (TOY_LR if bundle is not None else 1e-5)
     config = FinetuneConfig(
         steps=args.steps, batch_size=args.batch_size, lr=lr, new_lr_mult=args.new_lr_mult,
         warmup_steps=args.warmup_steps, grad_clip=args.grad_clip, distill_weight=args.distill_weight,
@@ -371,7 +386,10 @@ def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
         export = None if args.no_export else (args.export_assets or demo.assets_dir())
         report = demo.run_protocol(out, preset=args.preset, seed=args.seed, steps=args.steps,
                                    ablations=args.ablations, eval_prompts=args.eval_prompts, export_assets=export,
-                                   device=resolve_device(args.device))
+                                   device=resolve_device(args.device), lr=args.lr, new_lr_mult=args.new_lr_mult,
+                                   train_only=args.train_only)
+        if args.train_only:
+            return {"command": "demo --train --train-only", **report}
         summary = {"command": "demo --train", "preset": args.preset, **_headline(report),
                    "training": {k: {"final_loss": v["final_loss"], "first_loss_mean": v["first_loss_mean"],
                                     "last_loss_mean": v["last_loss_mean"], "finite": v["finite"]}

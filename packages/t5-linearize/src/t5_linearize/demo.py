@@ -16,7 +16,7 @@ import dataclasses
 import importlib.resources
 import math
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from torch import nn
 from t5_linearize import toy
 from t5_linearize.config import LinearizeConfig
 from t5_linearize.models import T5SD3Transformer2DModel, linearize
+from t5_linearize.training import TOY_LR
 
 __all__ = ["ABLATIONS", "AssetsMissing", "ProtocolPlan", "assets_dir", "run_demo", "run_protocol"]
 
@@ -53,6 +54,9 @@ def assets_dir() -> Path:
     return Path(str(root))
 
 
+RUNS = ("t5", "softmax", "linear")  # the protocol's training runs (subfolders of its output folder)
+
+
 @dataclass
 class ProtocolPlan:
     """Step counts and sizes of one protocol run (``full``: spec §6; ``ci``: the 50-step smoke version)."""
@@ -60,7 +64,8 @@ class ProtocolPlan:
     preset: str = "full"
     steps: int = 3000
     batch_size: int = 32
-    lr: float = 1e-4
+    lr: float = TOY_LR
+    new_lr_mult: float = 10.0
     warmup_steps: int = 100
     snapshots: tuple[int, ...] = (250, 500, 1000, 2000, 3000)
     linear_steps: int = 1000
@@ -71,7 +76,10 @@ class ProtocolPlan:
     guidance: float | None = None  # None: the toy default (5.0)
 
     @classmethod
-    def for_preset(cls, preset: str, steps: int | None = None, eval_prompts: int | None = None) -> ProtocolPlan:
+    def for_preset(cls, preset: str, steps: int | None = None, eval_prompts: int | None = None, *,
+                   lr: float | None = None, new_lr_mult: float | None = None) -> ProtocolPlan:
+        """``lr`` (inherited weights, both runs) and ``new_lr_mult`` (the T5 model's new parameters) override the
+        preset's recipe; the softmax baseline always gets the same ``lr`` (spec §6 step 3: the identical recipe)."""
         if preset == "full":
             plan = cls()
         elif preset == "ci":
@@ -87,6 +95,11 @@ class ProtocolPlan:
             plan.steps = steps
         if eval_prompts is not None:
             plan.eval_prompts = eval_prompts
+        for name, value in (("lr", lr), ("new_lr_mult", new_lr_mult)):
+            if value is not None:
+                if not (math.isfinite(value) and value > 0):
+                    raise ValueError(f"--{name.replace('_', '-')} must be a positive number, got {value}")
+                setattr(plan, name, value)
         return plan
 
 
@@ -148,7 +161,7 @@ def _train(name: str, model: nn.Module, bundle: Any, plan: ProtocolPlan, out_dir
     from t5_linearize.training import FinetuneConfig, ToySceneData, finetune
 
     config = FinetuneConfig(
-        steps=steps, batch_size=plan.batch_size, lr=plan.lr, new_lr_mult=10.0, weight_decay=0.0,
+        steps=steps, batch_size=plan.batch_size, lr=plan.lr, new_lr_mult=plan.new_lr_mult, weight_decay=0.0,
         warmup_steps=plan.warmup_steps, grad_clip=1.0, seed=seed, log_every=50, save_every=500,
         snapshot_steps=snapshots, output_dir=str(out_dir / name), distill_weight=distill,
         device="cpu" if device.type == "cpu" else "auto",
@@ -160,21 +173,38 @@ def _train(name: str, model: nn.Module, bundle: Any, plan: ProtocolPlan, out_dir
 
 def run_protocol(out_dir: Path, *, preset: str = "full", seed: int = 0, steps: int | None = None,
                  ablations: bool = False, eval_prompts: int | None = None, export_assets: Path | None = None,
-                 progress: bool = True, device: str | torch.device = "cpu") -> dict[str, Any]:
-    """Spec §6 steps 1–4 (+ ablations); returns the report (also written under ``out_dir``)."""
-    plan = ProtocolPlan.for_preset(preset, steps, eval_prompts)
+                 progress: bool = True, device: str | torch.device = "cpu", lr: float | None = None,
+                 new_lr_mult: float | None = None, train_only: Sequence[str] | None = None) -> dict[str, Any]:
+    """Spec §6 steps 1–4 (+ ablations); returns the report (also written under ``out_dir``).
+
+    Each training run that already finished under ``out_dir`` with the same recipe is reused (see
+    :func:`t5_linearize.training.finished_run`). ``train_only`` (a subset of ``RUNS``) trains just those runs and
+    returns their training summary, no evaluation: the runs can be trained on several machines into copies of
+    ``out_dir`` and brought together for the rest.
+    """
+    plan = ProtocolPlan.for_preset(preset, steps, eval_prompts, lr=lr, new_lr_mult=new_lr_mult)
+    unknown = sorted(set(train_only or ()) - set(RUNS))
+    if unknown:
+        raise ValueError(f"unknown protocol run(s) {unknown}; choose from {list(RUNS)}")
+    wanted = set(train_only or RUNS)
     device = torch.device(device)
     bundle = _bundle_for(plan, seed, device)
     base = bundle.denoiser
     t5_0 = linearize(copy.deepcopy(base), LinearizeConfig(), generator=torch.Generator().manual_seed(seed))
-    runs = {"T5": _train("t5", copy.deepcopy(t5_0), bundle, plan, out_dir, seed, plan.steps, plan.snapshots,
-                         progress=progress, device=device),
-            "softmax": _train("softmax", copy.deepcopy(base), bundle, plan, out_dir, seed, plan.steps,
-                              progress=progress, device=device)}
-    linear = linearize(copy.deepcopy(base), LinearizeConfig(operator="linear"),
-                       generator=torch.Generator().manual_seed(seed))
-    runs["linear"] = _train("linear", linear, bundle, plan, out_dir, seed, plan.linear_steps, progress=progress,
-                            device=device)
+    runs = {}
+    if "t5" in wanted:
+        runs["T5"] = _train("t5", copy.deepcopy(t5_0), bundle, plan, out_dir, seed, plan.steps, plan.snapshots,
+                            progress=progress, device=device)
+    if "softmax" in wanted:
+        runs["softmax"] = _train("softmax", copy.deepcopy(base), bundle, plan, out_dir, seed, plan.steps,
+                                 progress=progress, device=device)
+    if "linear" in wanted:
+        linear = linearize(copy.deepcopy(base), LinearizeConfig(operator="linear"),
+                           generator=torch.Generator().manual_seed(seed))
+        runs["linear"] = _train("linear", linear, bundle, plan, out_dir, seed, plan.linear_steps,
+                                progress=progress, device=device)
+    if train_only:
+        return {"training": _training_summary(runs, {}), "plan": dataclasses.asdict(plan), "train_only": sorted(wanted)}
     models: dict[str, nn.Module] = {"original": base, "T5@0": t5_0}
     models["ft-softmax"] = _load(runs["softmax"].transformer_dir, linearized=False, device=device)
     for step, folder in sorted(runs["T5"].snapshots.items()):

@@ -169,6 +169,9 @@ class _T5Mixin:
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any):
         """diffusers' ``from_pretrained`` for a *linearized* transformer folder (``config.json`` with
         ``ttt_config``); an unconverted folder raises (use :meth:`from_softmax`)."""
+        if Path(pretrained_model_name_or_path).is_file():
+            raise ValueError(f"{pretrained_model_name_or_path} is a file; pass the folder that holds it (config.json "
+                             "and the safetensors, e.g. the --output-dir of `t5-linearize convert`)")
         hub = {k: kwargs[k] for k in _HUB_KWARGS if k in kwargs}
         config = cls.load_config(pretrained_model_name_or_path, **hub)  # type: ignore[attr-defined]
         class_name = config.get("_class_name")

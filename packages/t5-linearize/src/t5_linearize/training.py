@@ -46,9 +46,15 @@ __all__ = [
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 
 
+# Base lr of toy fine-tuning (ours to choose, spec §3). 3e-4 brings the §6 protocol's T5 / softmax loss ratio at
+# 3000 steps from 1.21 to 1.05 (A3 passes) but the linear control then recovers as fast (A4 fails) and the judge
+# scores both fine-tuned models lower, so 1e-4 stays (README, "Recipe experiments").
+TOY_LR = 1e-4
+
+
 @dataclass
 class FinetuneConfig:
-    """The fine-tuning recipe (defaults: spec §3; the toy demo uses lr 1e-4).
+    """The fine-tuning recipe (defaults: spec §3; the toy demo uses lr ``TOY_LR``).
 
     lr: base learning rate of the inherited weights; ``new_lr_mult`` multiplies it for the new parameters
     (``group_mults`` sets single groups: inherited, fast_weights, locality, affine). Warm-up is linear over
@@ -372,6 +378,10 @@ def finetune(model: nn.Module, data: TrainingData, config: FinetuneConfig, *, te
     if teacher is not None and _shares_storage(model, teacher):
         raise ValueError("the teacher shares weight tensors with the student (linearize() does not copy): pass a "
                          "separate copy, e.g. linearize(copy.deepcopy(base)) or linearize(base, copy=True)")
+    finished = finished_run(config) if config.resume == "auto" else None
+    if finished is not None:
+        _load_weights(model, finished.transformer_dir)
+        return finished
     accelerator = accelerator or _make_accelerator(config)
     world, rank = accelerator.num_processes, accelerator.process_index
     if config.batch_size % world:
@@ -418,6 +428,53 @@ def finetune(model: nn.Module, data: TrainingData, config: FinetuneConfig, *, te
     if accelerator.is_main_process:
         _write_summary(out_dir, model, data, config, result)
     return result
+
+
+# FinetuneConfig fields that only say where and how verbosely a run went: a finished run is reused across them
+_RUN_PLACE_FIELDS = ("output_dir", "resume", "device", "progress", "log_every", "save_every")
+
+
+def finished_run(config: FinetuneConfig) -> FinetuneResult | None:
+    """The result of a run already finished under ``config.output_dir`` with the same recipe, else None.
+
+    With ``resume="auto"`` :func:`finetune` returns it instead of training again, so a protocol whose runs were
+    trained elsewhere (e.g. on a GPU machine, their checkpoints left behind) goes on from the saved transformers.
+    Finished means: ``t5_train.json`` with this recipe (every config field but where/how verbosely it ran), its
+    ``train_log.jsonl`` covering every step, ``transformer/`` and each requested snapshot.
+    """
+    out_dir = Path(config.output_dir)
+    record_path, log_path = out_dir / "t5_train.json", out_dir / "train_log.jsonl"
+    if not (record_path.is_file() and log_path.is_file() and (out_dir / "transformer" / "config.json").is_file()):
+        return None
+    recorded = json.loads(record_path.read_text()).get("config", {})
+    wanted = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(config).items()}
+    if any(recorded.get(k) != v for k, v in wanted.items() if k not in _RUN_PLACE_FIELDS):
+        return None
+    snapshots = {step: out_dir / f"transformer-{step}" for step in config.snapshot_steps if step <= config.steps}
+    if any(not (folder / "config.json").is_file() for folder in snapshots.values()):
+        return None
+    log = _TrainLog(log_path, active=False)
+    log.load_until(config.steps)
+    if len(log.records) != config.steps:
+        return None
+    losses = log.losses()
+    tail = losses[-200:]
+    result = json.loads(record_path.read_text()).get("result", {})
+    return FinetuneResult(
+        steps=config.steps, losses=losses, final_loss=float(sum(tail) / len(tail)) if tail else float("nan"),
+        seconds_per_step=log.mean_seconds(), output_dir=out_dir, transformer_dir=out_dir / "transformer",
+        world_size=int(result.get("world_size", 1)), snapshots=snapshots, resumed_from=config.steps,
+    )
+
+
+def _load_weights(model: nn.Module, folder: Path) -> None:
+    """Load a ``save_pretrained`` folder's safetensors into ``model`` in place (strict: same architecture)."""
+    from safetensors.torch import load_file
+
+    state: dict[str, Tensor] = {}
+    for path in sorted(folder.glob("*.safetensors")):
+        state.update(load_file(path))
+    model.load_state_dict(state, strict=True)
 
 
 def _prepare_model(model: nn.Module, config: FinetuneConfig) -> None:
