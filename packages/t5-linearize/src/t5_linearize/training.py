@@ -446,7 +446,8 @@ def finished_run(config: FinetuneConfig) -> FinetuneResult | None:
     record_path, log_path = out_dir / "t5_train.json", out_dir / "train_log.jsonl"
     if not (record_path.is_file() and log_path.is_file() and (out_dir / "transformer" / "config.json").is_file()):
         return None
-    recorded = json.loads(record_path.read_text()).get("config", {})
+    record = json.loads(record_path.read_text())
+    recorded = record.get("config", {})
     wanted = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(config).items()}
     if any(recorded.get(k) != v for k, v in wanted.items() if k not in _RUN_PLACE_FIELDS):
         return None
@@ -459,11 +460,10 @@ def finished_run(config: FinetuneConfig) -> FinetuneResult | None:
         return None
     losses = log.losses()
     tail = losses[-200:]
-    result = json.loads(record_path.read_text()).get("result", {})
     return FinetuneResult(
         steps=config.steps, losses=losses, final_loss=float(sum(tail) / len(tail)) if tail else float("nan"),
         seconds_per_step=log.mean_seconds(), output_dir=out_dir, transformer_dir=out_dir / "transformer",
-        world_size=int(result.get("world_size", 1)), snapshots=snapshots, resumed_from=config.steps,
+        world_size=int(record.get("result", {}).get("world_size", 1)), snapshots=snapshots, resumed_from=config.steps,
     )
 
 
