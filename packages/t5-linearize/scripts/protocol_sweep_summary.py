@@ -34,7 +34,8 @@ def window_mean(losses: list[float], end: int) -> float | None:
 
 
 def summarise(run: Path) -> dict:
-    t5, softmax = read_losses(run / "t5" / "train_log.jsonl"), read_losses(run / "softmax" / "train_log.jsonl")
+    losses = {name: read_losses(run / name / "train_log.jsonl") for name in ("t5", "softmax", "linear")}
+    t5, softmax = losses["t5"], losses["softmax"]
     report = json.loads((run / "report.json").read_text()) if (run / "report.json").is_file() else {}
     plan = report.get("plan", {})
     ratios = {}
@@ -43,6 +44,7 @@ def summarise(run: Path) -> dict:
         ratios[step] = None if a is None or b is None else a / b
     return {"run": run.name, "lr": plan.get("lr"), "new_lr_mult": plan.get("new_lr_mult"),
             "t5_steps": len(t5), "softmax_steps": len(softmax), "ratio_at": ratios,
+            "loss_at": {name: {step: window_mean(values, step) for step in CHECKPOINTS} for name, values in losses.items()},
             "acceptance": report.get("acceptance"),
             "all_correct": {k: v.get("all_correct") for k, v in report.get("models", {}).items()}}
 
@@ -60,6 +62,11 @@ def main() -> None:
         acc = row["acceptance"] or {}
         verdict = " ".join(("ok" if acc[k].get("pass") else "no") if k in acc else "--" for k in ("A1", "A2", "A3", "A4"))
         print(row["run"].ljust(24) + f"{row['t5_steps']}/{row['softmax_steps']}".ljust(13) + ratios + "   " + verdict)
+    print("\nmean flow loss of the 200 steps before each checkpoint")
+    for row in rows:
+        for name, at in row["loss_at"].items():
+            values = "".join(("-" if v is None else f"{v:.4f}").rjust(7) for v in at.values())
+            print(f"{row['run']}/{name}".ljust(37) + values)
     if args.json is not None:
         args.json.write_text(json.dumps(rows, indent=1))
 
